@@ -1,0 +1,40 @@
+"""geventconnpool: a connection pool for gevent applications.
+
+Subclass :class:`ConnectionPool`, implement ``_new_connection()``, and use
+``with pool.get() as conn:``; wrap network functions in :func:`retry`.
+"""
+
+import logging
+
+from .errors import (
+    DEFAULT_EXC_CLASSES,
+    PoolClosed,
+    PoolError,
+    PoolExhausted,
+    PoolTimeout,
+    PoolUnavailable,
+)
+from .pool import ConnectionPool
+from .retry import retry
+from .stats import ConnectionInfo, Discarded, PoolDump, PoolStats, WaiterInfo
+
+__version__ = "1.0.0.dev0"
+
+__all__ = [
+    "DEFAULT_EXC_CLASSES",
+    "ConnectionInfo",
+    "ConnectionPool",
+    "Discarded",
+    "PoolClosed",
+    "PoolDump",
+    "PoolError",
+    "PoolExhausted",
+    "PoolStats",
+    "PoolTimeout",
+    "PoolUnavailable",
+    "WaiterInfo",
+    "__version__",
+    "retry",
+]
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -1,0 +1,616 @@
+"""Loopback test servers for geventconnpool's tests, demo, benchmarks and users' own tests.
+
+:class:`PingServer` is a tiny Redis-compatible PING/PONG server and :class:`FaultProxy` is a TCP
+proxy that injects network faults (refused connects, hung accepts, blackholes, latency, resets,
+truncated replies) on command, so pool behaviour under failure can be tested without a real
+network.  Everything binds to loopback, runs in gevent greenlets of the calling thread's hub, and
+stops cleanly without leaking file descriptors.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+from collections.abc import Callable
+from types import TracebackType
+from typing import Protocol
+
+import gevent
+from gevent import socket as gsocket
+from gevent.event import Event
+from gevent.greenlet import Greenlet
+from greenlet import getcurrent
+from greenlet import greenlet as RawGreenlet
+
+__all__ = ["FaultProxy", "PingServer", "free_port", "open_fds", "ping"]
+
+_RECV_SIZE = 65536
+_MAX_INLINE = 64 * 1024  # longest inline command line accepted before replying a protocol error
+_MAX_BULK = 1024 * 1024  # largest RESP bulk string accepted by PingServer
+_PONG = b"+PONG\r\n"
+_OK = b"+OK\r\n"
+_ERR_UNKNOWN = b"-ERR unknown command\r\n"
+# accept() errors after which the listener is still usable; anything else means it was closed.
+_TRANSIENT_ACCEPT_ERRNOS = frozenset(
+    {errno.ECONNABORTED, errno.EPROTO, errno.EINTR, errno.EAGAIN, errno.EPERM}
+)
+_RESOURCE_ACCEPT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class _Stream(Protocol):
+    """The part of a connected socket that :func:`ping` needs (stdlib, gevent or SSL socket)."""
+
+    def sendall(self, data: bytes, /) -> object: ...
+
+    def recv(self, bufsize: int, /) -> bytes: ...
+
+
+def open_fds() -> int:
+    """Return how many file descriptors this process has open, for leak checks in tests.
+
+    Reads ``/proc/self/fd`` (Linux) or ``/dev/fd`` (BSD, macOS); the descriptor used to list the
+    directory is not counted.
+    """
+    for path in ("/proc/self/fd", "/dev/fd"):
+        try:
+            return len(os.listdir(path)) - 1
+        except FileNotFoundError:
+            continue
+    raise NotImplementedError("open_fds() needs /proc/self/fd or /dev/fd")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port that is free on ``host`` right now.
+
+    Another process may take it before the caller binds it; prefer port 0 where an API allows.
+    """
+    with gsocket.socket(_family(host), gsocket.SOCK_STREAM) as sock:
+        sock.setsockopt(gsocket.SOL_SOCKET, gsocket.SO_REUSEADDR, 1)
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def ping(sock: _Stream, payload: bytes = b"PING\r\n") -> None:
+    """Send ``payload`` (a PING) on a connected socket and read exactly ``+PONG\\r\\n``.
+
+    Raises :class:`ConnectionError` (an :class:`OSError`) on EOF or on any other reply, so a
+    pool's health check can treat every failure alike; the socket should be discarded after that.
+    """
+    sock.sendall(payload)
+    reply = b""
+    while len(reply) < len(_PONG):
+        chunk = sock.recv(len(_PONG) - len(reply))
+        if not chunk:
+            raise ConnectionError(f"connection closed by peer after {reply!r} (expected +PONG)")
+        reply += chunk
+        if not _PONG.startswith(reply):
+            raise ConnectionError(f"unexpected reply {reply!r} (expected +PONG)")
+
+
+def _family(host: str) -> int:
+    """Address family for a literal loopback host (IPv6 if it contains a colon)."""
+    return int(gsocket.AF_INET6 if ":" in host else gsocket.AF_INET)
+
+
+def _close_socket(sock: gsocket.socket, *, rst: bool = False) -> None:
+    """Close ``sock``; with ``rst`` make the kernel send a TCP RST instead of a FIN."""
+    if rst:
+        try:
+            sock.setsockopt(gsocket.SOL_SOCKET, gsocket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+def _kill_others(greenlets: list[Greenlet[..., None]]) -> None:
+    """Kill ``greenlets`` (except the calling one) and wait until they are dead."""
+    current = getcurrent()
+    others: list[RawGreenlet] = [g for g in greenlets if g is not current and not g.dead]
+    if others:
+        gevent.killall(others, block=True)
+
+
+class _Conn:
+    """One accepted connection: the sockets and greenlets it owns, torn down together.
+
+    Sockets are registered here *before* any greenlet could block, and :meth:`close` kills the
+    greenlets first and then closes the sockets itself, so a greenlet killed before it ever ran
+    (and whose ``finally`` therefore never runs) cannot leak a descriptor.
+    """
+
+    __slots__ = ("budget", "closing", "greenlets", "owner", "peer", "socks")
+
+    def __init__(self, owner: _LoopbackServer, sock: gsocket.socket, peer: tuple[str, int]) -> None:
+        self.owner = owner
+        self.peer = peer
+        self.socks: list[gsocket.socket] = [sock]
+        self.greenlets: list[Greenlet[..., None]] = []
+        self.closing = False
+        self.budget: int | None = None  # FaultProxy.close_after: server->client bytes left
+
+    @property
+    def client(self) -> gsocket.socket:
+        """The accepted (client-facing) socket."""
+        return self.socks[0]
+
+    def spawn(self, func: Callable[..., None], *args: object) -> None:
+        """Start a greenlet that belongs to this connection (killed by :meth:`close`)."""
+        g: Greenlet[..., None] = Greenlet(func, *args)
+        self.greenlets.append(g)
+        g.start()
+
+    def close(self, *, rst: bool = False) -> None:
+        """Kill this connection's greenlets, close its sockets and forget it; idempotent."""
+        if self.closing:
+            return
+        self.closing = True
+        try:
+            _kill_others(self.greenlets)
+        finally:
+            for sock in self.socks:
+                _close_socket(sock, rst=rst)
+            self.owner._conns.pop(self, None)
+
+
+class _LoopbackServer:
+    """Listening socket, accept loop and connection registry shared by the test servers."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._host = host
+        self._port = port
+        self._listener: gsocket.socket | None = None
+        self._acceptor: Greenlet[..., None] | None = None
+        self._conns: dict[_Conn, None] = {}
+        self._started = False
+        self.accepted = 0
+        """Connections accepted since :meth:`start` (keeps counting across restarts)."""
+
+    # -- public API -----------------------------------------------------------------------
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The ``(host, port)`` the server listens on; known once started, kept after stop."""
+        if self._port == 0:
+            raise RuntimeError(f"{type(self).__name__} has not been started")
+        return (self._host, self._port)
+
+    @property
+    def active(self) -> int:
+        """Number of accepted connections currently open."""
+        return len(self._conns)
+
+    @property
+    def peers(self) -> list[tuple[str, int]]:
+        """Client ``(ip, port)`` of every open connection, oldest first (a snapshot)."""
+        return [conn.peer for conn in self._conns]
+
+    def start(self) -> _LoopbackServer:
+        """Bind and start accepting in a background greenlet; returns at once."""
+        if self._started:
+            raise RuntimeError(f"{type(self).__name__} is already started")
+        self._listen()
+        self._started = True
+        self.accepted = 0
+        return self
+
+    def stop(self) -> None:
+        """Stop listening and close every accepted connection; idempotent."""
+        self._started = False
+        self._unlisten()
+        self._close_conns()
+
+    def drop_all(self) -> int:
+        """Close every open connection now (the server keeps listening); returns how many."""
+        return self._close_conns()
+
+    def __enter__(self) -> _LoopbackServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        where = f"{self._host}:{self._port}" if self._port else "unbound"
+        return f"<{type(self).__name__} {where} active={self.active} accepted={self.accepted}>"
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _listen(self) -> None:
+        """Bind (SO_REUSEADDR, so the same port can be rebound) and spawn the accept loop."""
+        if self._listener is not None:
+            return
+        sock = gsocket.socket(_family(self._host), gsocket.SOCK_STREAM)
+        try:
+            sock.setsockopt(gsocket.SOL_SOCKET, gsocket.SO_REUSEADDR, 1)
+            sock.bind((self._host, self._port))
+            sock.listen(128)
+        except BaseException:
+            sock.close()
+            raise
+        self._port = sock.getsockname()[1]
+        self._listener = sock
+        self._acceptor = Greenlet(self._accept_loop, sock)
+        self._acceptor.start()
+
+    def _unlisten(self) -> None:
+        """Stop the accept loop and close the listening socket (the port number is kept)."""
+        acceptor, self._acceptor = self._acceptor, None
+        listener, self._listener = self._listener, None
+        try:
+            if acceptor is not None:
+                _kill_others([acceptor])
+        finally:
+            if listener is not None:
+                listener.close()
+
+    def _close_conns(self, *, rst: bool = False) -> int:
+        """Close every open connection (RST if ``rst``); returns how many there were."""
+        conns = list(self._conns)
+        for conn in conns:
+            conn.close(rst=rst)
+        return len(conns)
+
+    def _accept_loop(self, listener: gsocket.socket) -> None:
+        """Accept connections forever; each is registered before anything can switch away."""
+        while True:
+            try:
+                sock, addr = listener.accept()
+            except OSError as exc:
+                if exc.errno in _TRANSIENT_ACCEPT_ERRNOS:
+                    continue
+                if exc.errno in _RESOURCE_ACCEPT_ERRNOS:
+                    gevent.sleep(0.05)  # out of descriptors: back off instead of spinning
+                    continue
+                return  # listener closed
+            self.accepted += 1
+            conn = _Conn(self, sock, (str(addr[0]), int(addr[1])))
+            self._conns[conn] = None
+            try:
+                sock.setsockopt(gsocket.IPPROTO_TCP, gsocket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+            conn.spawn(self._run_conn, conn)
+
+    def _run_conn(self, conn: _Conn) -> None:
+        """Serve one connection and close it when serving ends (unless already being closed)."""
+        try:
+            self._serve(conn)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def _serve(self, conn: _Conn) -> None:
+        raise NotImplementedError
+
+
+def _parse_command(buf: bytearray) -> tuple[list[bytes], int] | None:
+    """Parse one Redis command (RESP array or inline) from ``buf``.
+
+    Returns ``(args, bytes_consumed)``, or None if ``buf`` holds no complete command yet.
+    Raises ValueError on malformed input.
+    """
+    if not buf:
+        return None
+    if buf[0] != ord("*"):
+        end = buf.find(b"\n")
+        if end < 0:
+            if len(buf) > _MAX_INLINE:
+                raise ValueError("too big inline request")
+            return None
+        return bytes(buf[:end]).split(), end + 1
+    end = buf.find(b"\r\n")
+    if end < 0:
+        if len(buf) > _MAX_INLINE:
+            raise ValueError("too big multibulk header")
+        return None
+    count = int(buf[1:end])
+    pos = end + 2
+    args: list[bytes] = []
+    for _ in range(max(count, 0)):
+        end = buf.find(b"\r\n", pos)
+        if end < 0:
+            if len(buf) - pos > _MAX_INLINE:
+                raise ValueError("too big bulk header")
+            return None
+        if buf[pos] != ord("$"):
+            raise ValueError(f"expected '$', got {chr(buf[pos])!r}")
+        size = int(buf[pos + 1 : end])
+        if not 0 <= size <= _MAX_BULK:
+            raise ValueError("invalid bulk length")
+        start = end + 2
+        if len(buf) < start + size + 2:
+            return None
+        if buf[start + size : start + size + 2] != b"\r\n":
+            raise ValueError("bulk string not terminated by CRLF")
+        args.append(bytes(buf[start : start + size]))
+        pos = start + size + 2
+    return args, pos
+
+
+def _bulk(value: bytes) -> bytes:
+    """Encode ``value`` as a RESP bulk string."""
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def _hello(args: list[bytes], resp3: bool) -> tuple[bytes, bool]:
+    """Reply to ``HELLO [protover ...]`` and return the connection's new RESP3 flag."""
+    if len(args) > 1:
+        if args[1] not in (b"2", b"3"):
+            return b"-NOPROTO unsupported protocol version\r\n", resp3
+        resp3 = args[1] == b"3"
+    fields = [
+        (b"server", _bulk(b"redis")),
+        (b"version", _bulk(b"7.2.0")),
+        (b"proto", b":%d\r\n" % (3 if resp3 else 2)),
+        (b"id", b":1\r\n"),
+        (b"mode", _bulk(b"standalone")),
+        (b"role", _bulk(b"master")),
+        (b"modules", b"*0\r\n"),
+    ]
+    header = b"%%%d\r\n" % len(fields) if resp3 else b"*%d\r\n" % (2 * len(fields))
+    return header + b"".join(_bulk(key) + value for key, value in fields), resp3
+
+
+class PingServer(_LoopbackServer):
+    """Embedded PING/PONG server on loopback, a stand-in for redis-server in tests and benchmarks.
+
+    Speaks the Redis inline form (``PING\\r\\n``) and RESP arrays (``*1\\r\\n$4\\r\\nPING\\r\\n``),
+    both answered ``+PONG\\r\\n``, so the same client works against it and a real redis-server.
+    Also: ``PING msg`` and ``ECHO msg`` reply a bulk string; ``QUIT`` replies ``+OK`` and closes;
+    ``HELLO [2|3] ...`` replies the server-info map (RESP3 clients such as redis-py 8 start with
+    it; credentials are accepted unchecked); ``SELECT``, ``CLIENT SETNAME`` and ``CLIENT SETINFO``
+    reply ``+OK`` (what redis-py sends while connecting); anything else replies
+    ``-ERR unknown command``.  Pipelined commands are answered in order.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, delay: float = 0.0) -> None:
+        super().__init__(host, port)
+        self.delay = delay
+        """Seconds to wait before each reply; may be changed while running."""
+
+    def start(self) -> PingServer:
+        """Bind and start serving in background greenlets; returns self at once."""
+        super().start()
+        return self
+
+    def __enter__(self) -> PingServer:
+        return self.start()
+
+    def restart(self) -> None:
+        """Stop (closing every connection), then listen again on the same port.
+
+        ``accepted`` keeps counting, so a test can see clients reconnect.
+        """
+        self._unlisten()
+        self._close_conns()
+        self._listen()
+        self._started = True
+
+    def _serve(self, conn: _Conn) -> None:
+        sock = conn.client
+        buf = bytearray()
+        resp3 = False
+        while True:
+            data = sock.recv(_RECV_SIZE)
+            if not data:
+                return
+            buf += data
+            while True:
+                try:
+                    parsed = _parse_command(buf)
+                except ValueError as exc:
+                    sock.sendall(b"-ERR Protocol error: %s\r\n" % str(exc).encode())
+                    return
+                if parsed is None:
+                    break
+                args, used = parsed
+                del buf[:used]
+                if not args:
+                    continue  # empty inline line or empty array: Redis ignores it
+                if args[0].upper() == b"HELLO":
+                    reply, resp3 = _hello(args, resp3)
+                    close = False
+                else:
+                    reply, close = self._reply(args)
+                if self.delay > 0:
+                    gevent.sleep(self.delay)
+                sock.sendall(reply)
+                if close:
+                    return
+
+    @staticmethod
+    def _reply(args: list[bytes]) -> tuple[bytes, bool]:
+        """The reply to one command, and whether to close the connection after sending it."""
+        name = args[0].upper()
+        nargs = len(args)
+        if name == b"PING" and nargs <= 2:
+            return (_PONG if nargs == 1 else _bulk(args[1])), False
+        if name == b"ECHO":
+            if nargs != 2:
+                return b"-ERR wrong number of arguments for 'echo' command\r\n", False
+            return _bulk(args[1]), False
+        if name == b"QUIT":
+            return _OK, True
+        if name == b"SELECT" and nargs == 2:
+            return _OK, False
+        if name == b"CLIENT" and nargs >= 2 and args[1].upper() in (b"SETNAME", b"SETINFO"):
+            return _OK, False
+        return _ERR_UNKNOWN, False
+
+
+class FaultProxy(_LoopbackServer):
+    """Fault-injecting TCP proxy on loopback in front of ``target`` ``(host, port)``.
+
+    Forwards bytes both ways (two pump greenlets per connection; when either side closes, both
+    are closed) and injects faults on command: :meth:`refuse`, :meth:`hang_accepts`,
+    :meth:`blackhole`, :meth:`delay`, :meth:`reset_all` and :meth:`close_after`.
+    :meth:`restore` clears every fault.  Fault methods may be combined (e.g. delay + close_after).
+    """
+
+    def __init__(self, target: tuple[str, int], host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__(host, port)
+        self.target = target
+        self._refusing = False
+        self._new_gate = Event()  # set: new connections are forwarded; clear: they hang
+        self._new_gate.set()
+        self._flow = Event()  # set: bytes flow; clear: every pump holds its data (blackhole)
+        self._flow.set()
+        self._delay = 0.0
+        self._close_after: int | None = None
+
+    def start(self) -> FaultProxy:
+        """Bind and start proxying in background greenlets; returns self at once."""
+        if self._started:
+            raise RuntimeError("FaultProxy is already started")
+        if self._refusing:
+            self._started = True
+            self.accepted = 0
+        else:
+            super().start()
+        return self
+
+    def __enter__(self) -> FaultProxy:
+        return self.start()
+
+    @property
+    def mode(self) -> str:
+        """The current faults as a short name for logs, e.g. ``normal`` or ``blackhole+delay``."""
+        parts: list[str] = []
+        if self._refusing:
+            parts.append("refuse")
+        if not self._flow.is_set():
+            parts.append("blackhole")
+        elif not self._new_gate.is_set():
+            parts.append("hang_accepts")
+        if self._delay > 0:
+            parts.append(f"delay({self._delay:g}s)")
+        if self._close_after is not None:
+            parts.append(f"close_after({self._close_after})")
+        return "+".join(parts) or "normal"
+
+    def refuse(self) -> None:
+        """Stop listening so new connects get ECONNREFUSED; existing connections keep working.
+
+        The port number is kept and rebound (SO_REUSEADDR) by :meth:`restore` or any fault that
+        needs a listener, such as :meth:`hang_accepts`.
+        """
+        self._refusing = True
+        self._unlisten()
+
+    def hang_accepts(self) -> None:
+        """Accept new connections but never forward them: no byte ever comes back.
+
+        They are held, not closed: :meth:`restore` connects them to the target after all.
+        """
+        self._new_gate.clear()
+        self._relisten()
+
+    def blackhole(self) -> None:
+        """:meth:`hang_accepts`, and stall existing connections too.
+
+        Bytes in both directions are held (not delivered) until :meth:`restore`, so reads on the
+        client side block, as when a peer vanishes without a FIN or RST.
+        """
+        self._new_gate.clear()
+        self._flow.clear()
+        self._relisten()
+
+    def delay(self, seconds: float) -> None:
+        """Wait ``seconds`` before forwarding each chunk, in both directions (0 turns it off)."""
+        if seconds < 0:
+            raise ValueError("delay must be >= 0")
+        self._delay = seconds
+
+    def reset_all(self) -> int:
+        """Reset every current connection with a TCP RST on both sides; returns how many."""
+        return self._close_conns(rst=True)
+
+    def close_after(self, nbytes: int | None) -> None:
+        """Cut each connection's server->client direction after ``nbytes`` more bytes.
+
+        Once that many bytes were delivered (counted from this call for open connections, from
+        the connect for new ones) the connection is closed, both sides; None turns it off.
+        Lets a test cut a reply mid-way.
+        """
+        if nbytes is not None and nbytes < 0:
+            raise ValueError("nbytes must be >= 0 or None")
+        self._close_after = nbytes
+        for conn in self._conns:
+            conn.budget = nbytes
+
+    def restore(self) -> None:
+        """Clear every fault: listen again if refusing, forward held connections and data."""
+        self._delay = 0.0
+        self.close_after(None)
+        self._new_gate.set()
+        self._flow.set()
+        self._relisten(force=True)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _relisten(self, *, force: bool = False) -> None:
+        """Listen again after :meth:`refuse` (only while started)."""
+        if self._refusing or force:
+            self._refusing = False
+            if self._started:
+                self._listen()
+
+    def _serve(self, conn: _Conn) -> None:
+        """Wait for the new-connection gate, connect to the target and start both pumps."""
+        conn.budget = self._close_after
+        self._new_gate.wait()
+        host, port = self.target
+        upstream = gsocket.socket(_family(host), gsocket.SOCK_STREAM)
+        conn.socks.append(upstream)  # owned by conn before connect() can switch away
+        upstream.setsockopt(gsocket.IPPROTO_TCP, gsocket.TCP_NODELAY, 1)
+        upstream.connect((host, port))
+        client = conn.client
+        conn.spawn(self._pump, conn, client, upstream, False)
+        conn.spawn(self._pump, conn, upstream, client, True)
+
+    def _run_conn(self, conn: _Conn) -> None:
+        # The set-up greenlet must not close the connection when it returns normally: the pumps
+        # now own it.  It closes it only if connecting to the target failed (or it was killed).
+        done = False
+        try:
+            self._serve(conn)
+            done = True
+        except OSError:
+            pass
+        finally:
+            if not done:
+                conn.close()
+
+    def _pump(self, conn: _Conn, src: gsocket.socket, dst: gsocket.socket, to_client: bool) -> None:
+        """Copy ``src`` to ``dst`` chunk by chunk, applying faults; closes both sides at the end."""
+        try:
+            while True:
+                data = src.recv(_RECV_SIZE)
+                if not data:
+                    return
+                self._flow.wait()
+                if self._delay > 0:
+                    gevent.sleep(self._delay)
+                    self._flow.wait()
+                budget = conn.budget if to_client else None
+                if budget is not None and len(data) >= budget:
+                    dst.sendall(data[:budget])
+                    return
+                if budget is not None:
+                    conn.budget = budget - len(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            conn.close()
