@@ -1,0 +1,120 @@
+"""Shared fixtures: real servers on loopback, pools over them, and sync points that wait on state."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import gevent
+import pytest
+from gevent import socket
+
+from geventconnpool import ConnectionPool
+from geventconnpool.testing import FaultProxy, PingServer, ping
+
+
+class SocketPool(ConnectionPool[socket.socket]):
+    """A pool of plain TCP sockets to ``address``, with a PING keepalive."""
+
+    def __init__(self, *args: Any, address: tuple[str, int], **kwargs: Any) -> None:
+        self.address = address
+        self.opened: list[socket.socket] = []
+        super().__init__(*args, **kwargs)
+
+    def _new_connection(self) -> socket.socket:
+        sock = socket.create_connection(self.address)
+        self.opened.append(sock)
+        return sock
+
+    def _keepalive(self, conn: socket.socket) -> None:
+        ping(conn)
+
+
+class FakeConn:
+    """A connection object with no socket, for bookkeeping tests."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self) -> None:
+        self.id = next(self._ids)
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def __repr__(self) -> str:
+        return f"<FakeConn {self.id}{' closed' if self.closed else ''}>"
+
+
+class FakePool(ConnectionPool[FakeConn]):
+    """A pool of FakeConns; ``fail`` makes connects raise, ``gate`` makes them wait."""
+
+    SPAWN_FREQUENCY = 0.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.made: list[FakeConn] = []
+        self.fail: BaseException | None = None
+        self.gate: gevent.event.Event | None = None
+        super().__init__(*args, **kwargs)
+
+    def _new_connection(self) -> FakeConn:
+        if self.gate is not None:
+            self.gate.wait()
+        if self.fail is not None:
+            raise self.fail
+        conn = FakeConn()
+        self.made.append(conn)
+        return conn
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 5.0, what: str = "") -> None:
+    """Yield to other greenlets until ``predicate()`` is true; fail after ``timeout`` seconds."""
+    with gevent.Timeout(timeout, AssertionError(f"timed out waiting for {what or predicate}")):
+        while not predicate():
+            gevent.sleep(0.001)
+
+
+@pytest.fixture
+def server() -> Iterator[PingServer]:
+    with PingServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def proxy(server: PingServer) -> Iterator[FaultProxy]:
+    with FaultProxy(server.address) as prx:
+        yield prx
+
+
+@pytest.fixture
+def pools() -> Iterator[list[ConnectionPool[Any]]]:
+    """Pools registered here are closed after the test, even when it fails."""
+    made: list[ConnectionPool[Any]] = []
+    yield made
+    for pool in made:
+        pool.close()
+
+
+@pytest.fixture
+def make_pool(
+    server: PingServer, pools: list[ConnectionPool[Any]]
+) -> Callable[..., SocketPool]:
+    """``make_pool(size, **options)``: a SocketPool to the PING server (or ``address=``)."""
+
+    def make(*args: Any, address: tuple[str, int] | None = None, **kwargs: Any) -> SocketPool:
+        pool = SocketPool(*args, address=address or server.address, **kwargs)
+        pools.append(pool)
+        return pool
+
+    return make
+
+
+@pytest.fixture
+def make_fake(pools: list[ConnectionPool[Any]]) -> Callable[..., FakePool]:
+    def make(*args: Any, **kwargs: Any) -> FakePool:
+        pool = FakePool(*args, **kwargs)
+        pools.append(pool)
+        return pool
+
+    return make
