@@ -204,7 +204,7 @@ def _report_leaks(pool: ConnectionPool[Any], now: float) -> float:
 
 def _refill(pool: ConnectionPool[Any], now: float) -> float:
     """Start the connects the pool needs; say when backoff or the fill stagger next allows one."""
-    pool.refill()
+    pool._refill()
     wanted = pool._open_count() < pool._min or len(pool._waiters) > len(pool._connecting)
     if not wanted or pool._open_count() >= pool._max:
         return _INF

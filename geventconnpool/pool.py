@@ -412,7 +412,7 @@ class ConnectionPool(Generic[C]):
             surplus.append(self._idle.popleft())
         for rec in surplus:
             self._discard(rec, "idle", in_idle=True)
-        self.refill()
+        self._refill()
 
     def wait_ready(self, timeout: float | None = None) -> None:
         """Block until ``min_size`` connections are open (a startup check).
@@ -449,7 +449,7 @@ class ConnectionPool(Generic[C]):
         for rec in stale:
             self._discard(rec, "invalidated", in_idle=True)
         self._log.info("pool %r invalidated: %d idle connection(s) closed", self.name, len(stale))
-        self.refill()
+        self._refill()
 
     def stats(self) -> PoolStats:
         """An immutable snapshot of the pool's state and counters, in O(1)."""
@@ -522,14 +522,15 @@ class ConnectionPool(Generic[C]):
         if self._pid != _fork.PID[0]:
             self._after_fork()
         timer = _start_timer(timeout or None)
+        again = False  # a greenlet whose connection failed its check keeps its place in line
         try:
             while True:
                 if rec is None:
-                    rec = self._take_or_wait(timeout, start)
+                    rec = self._take_or_wait(timeout, start, again)
                 if self._vet(rec):
                     self._hand_out(rec, _monotonic(), start)
                     return rec
-                rec = None
+                rec, again = None, True
         except gevent.Timeout as t:
             if t is not timer:
                 raise
@@ -537,7 +538,7 @@ class ConnectionPool(Generic[C]):
         finally:
             timer.close()
 
-    def _take_or_wait(self, timeout: float | None, start: float) -> _Conn[C]:
+    def _take_or_wait(self, timeout: float | None, start: float, first: bool) -> _Conn[C]:
         """An idle connection, or one handed over by release/connect after a FIFO wait."""
         if self._closed:
             raise PoolClosed(self._closed_message())
@@ -549,7 +550,7 @@ class ConnectionPool(Generic[C]):
             self._counters.unavailable += 1
             raise PoolUnavailable(self._unavailable_message()) from self._last_error
         if timeout == 0:
-            self.refill()
+            self._refill()
             raise self._timeout_error(0.0) from self._cause()
         if self.max_waiting is not None and len(self._waiters) >= self.max_waiting:
             self._counters.exhausted += 1
@@ -558,13 +559,15 @@ class ConnectionPool(Generic[C]):
                 f"(max_waiting={self.max_waiting}); shed load or raise max_waiting "
                 f"({self._state_text()})"
             )
-        return self._wait(start)
+        return self._wait(start, first)
 
-    def _wait(self, start: float) -> _Conn[C]:
-        """Queue this greenlet; whatever interrupts it, it leaves no trace behind."""
+    def _wait(self, start: float, first: bool) -> _Conn[C]:
+        """Queue this greenlet (at the head if ``first``); if interrupted, it leaves no trace."""
         w: _Waiter[C] = _Waiter(start)
         self._waiters[w] = None
-        self.refill()
+        if first:
+            self._waiters.move_to_end(w, last=False)
+        self._refill()
         try:
             w.waiter.get()
         except BaseException:
@@ -827,10 +830,12 @@ class ConnectionPool(Generic[C]):
             return "closed"
         if attempt.generation != self._generation:
             return "invalidated"
+        if self._open_count() >= self._max:  # resize() shrank the pool meanwhile
+            return "idle"
         return "keep"
 
     # ------------------------------------------------------------------ connecting
-    def refill(self) -> None:
+    def _refill(self) -> None:
         """Start the connects the pool needs now (waiters first, then up to min_size)."""
         n = self._plan_connects(_monotonic())
         for _ in range(n):
@@ -882,7 +887,7 @@ class ConnectionPool(Generic[C]):
         else:
             assert conn is not None
             self._add_new(conn, now, attempt.started_at)
-        self.refill()
+        self._refill()
         self._maint.wake()
 
     def _add_new(self, conn: C, now: float, started: float) -> None:
@@ -946,7 +951,7 @@ class ConnectionPool(Generic[C]):
         self._call_on_discard(rec.conn, reason)
         if self._drained is not None and not self._in_use:
             self._drained.set()
-        self.refill()
+        self._refill()
         if not self._closed:
             self._maint.wake()
 
@@ -977,6 +982,7 @@ class ConnectionPool(Generic[C]):
         attempts = [g for g in attempts if g is not getcurrent()]
         if attempts:
             gevent.killall(attempts, block=True)
+        self._connecting.clear()  # attempts killed before they started never book their end
         self._log.debug("pool %r closed", self.name)
 
     def _wait_drained(self, timeout: float) -> None:
@@ -1012,7 +1018,7 @@ class ConnectionPool(Generic[C]):
         if not self._closed:
             self._maint = _maintenance.Scheduler(self)
             self._maint.start()
-            self.refill()
+            self._refill()
 
     # ------------------------------------------------------------------ messages
     def _state_text(self) -> str:
