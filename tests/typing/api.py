@@ -1,0 +1,48 @@
+"""Checked by mypy --strict (not run): the public API types the way users write it."""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+from gevent import socket
+
+from geventconnpool import ConnectionPool, PoolStats, retry
+
+
+class SocketPool(ConnectionPool[socket.socket]):
+    def _new_connection(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", 6379))
+
+    def _keepalive(self, conn: socket.socket) -> None:
+        conn.sendall(b"PING\r\n")
+
+
+pool = SocketPool(10, keepalive=30, timeout=2.0, name="redis")
+with pool.get() as conn:
+    sock: socket.socket = conn  # the connection type flows through get()
+
+
+@retry
+def bare(key: str) -> bytes:
+    return key.encode()
+
+
+@retry(max_failures=3, interval=0.1, logger=logging.getLogger("app"))
+def configured(key: str, count: int = 1) -> int:
+    return len(key) * count
+
+
+my_retry = functools.partial(retry, max_failures=2)
+
+data: bytes = bare("k")
+n: int = configured("k", count=2)
+stats: PoolStats = pool.stats()
+opened: int = stats.open + stats.discarded.total
+
+# These must be errors: with --strict (warn_unused_ignores) an ignore that is not needed fails,
+# so losing the wrapped signature or the connection type would fail the type check.
+bare(1)  # type: ignore[arg-type]
+configured("k", count="2")  # type: ignore[arg-type]
+with pool.get() as conn2:
+    text: str = conn2  # type: ignore[assignment]
