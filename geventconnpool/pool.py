@@ -639,7 +639,7 @@ class ConnectionPool(Generic[C]):
             return
         rec.last_used = rec.last_ping = now
         limit = self.check_idle_after
-        rec.fresh_until = 0.0 if rec.suspect else min(now + (limit or _INF), rec.expires_at)
+        rec.fresh_until = 0.0 if rec.suspect else min(now + (_INF if limit is None else limit), rec.expires_at)
         self._counters.returned += 1
         self._give_back(rec)
 
