@@ -12,6 +12,9 @@ from gevent.hub import get_hub
 
 
 class _ForkAware(Protocol):
+    _fast_get: bool
+    _fast_release: bool
+
     def _after_fork(self) -> None: ...
 
 
@@ -55,6 +58,7 @@ def _after_fork_in_child() -> None:
     PID[0] = os.getpid()
     hub = get_hub()
     for pool in list(_pools):
+        pool._fast_get = pool._fast_release = False  # until _after_fork runs: no parent conn
         hub.loop.run_callback(pool._after_fork)
 
 

@@ -123,7 +123,11 @@ class _Waiter(Generic[C]):
 
 
 class _Checkout(Generic[C]):
-    """The context manager returned by ``get()``: acquires on enter, releases on exit."""
+    """The context manager returned by ``get()``: acquires on enter, releases on exit.
+
+    The common case (an idle connection that needs no check, returned cleanly) is inlined here;
+    everything else goes through the pool's slow paths.
+    """
 
     __slots__ = ("_pool", "_rec", "_timeout")
 
@@ -135,7 +139,21 @@ class _Checkout(Generic[C]):
     def __enter__(self) -> C:
         if self._rec is not None:
             raise RuntimeError("this get() context is already entered; call pool.get() again")
-        rec = self._pool._acquire(self._timeout)
+        pool = self._pool
+        if pool._idle and pool._fast_get:
+            rec = pool._pop()
+            pool._in_use.add(rec)
+            now = _monotonic()
+            if now < rec.fresh_until:
+                rec.holder = getcurrent()
+                rec.acquired_at = now
+                rec.uses += 1
+                pool._counters.acquired += 1
+                self._rec = rec
+                return rec.conn
+            rec = pool._acquire_slow(self._timeout, now, rec)
+        else:
+            rec = pool._acquire_slow(self._timeout, _monotonic(), None)
         self._rec = rec
         return rec.conn
 
@@ -146,13 +164,45 @@ class _Checkout(Generic[C]):
         tb: TracebackType | None,
     ) -> None:
         rec = self._rec
-        if rec is not None:
-            self._rec = None
-            self._pool._release(rec, exc)
+        if rec is None:
+            return
+        self._rec = None
+        pool = self._pool
+        now = _monotonic()
+        if (
+            exc_type is None
+            and pool._fast_release
+            and now < rec.expires_at
+            and rec.generation == pool._generation
+        ):
+            c = pool._counters
+            c.use_seconds += now - rec.acquired_at
+            c.returned += 1
+            rec.holder = None
+            rec.last_used = rec.last_ping = now
+            fresh = now + pool._check_after
+            if rec.suspect:
+                fresh = 0.0
+            elif fresh > rec.expires_at:
+                fresh = rec.expires_at
+            rec.fresh_until = fresh
+            if pool._waiters:
+                pool._give_back(rec)
+            else:
+                pool._in_use.discard(rec)
+                pool._idle.append(rec)
+            return
+        pool._release(rec, exc, now)
+
+
+class _TrackedCheckout(_Checkout[C]):
+    """With ``leak_timeout`` set: a context garbage-collected while still entered is reported."""
+
+    __slots__ = ()
 
     def __del__(self) -> None:
         rec = self._rec
-        if rec is not None:  # entered, never exited, and now garbage
+        if rec is not None:
             self._rec = None
             self._pool._reclaim_leaked(rec)
 
@@ -245,6 +295,10 @@ class ConnectionPool(Generic[C]):
         self._hooks_acquire = cls._on_acquire is not ConnectionPool._on_acquire
         self._hooks_release = cls._on_release is not ConnectionPool._on_release
         self._hooks_disconnect = cls._is_disconnect is not ConnectionPool._is_disconnect
+        self._pop = self._idle.pop if self.lifo else self._idle.popleft
+        self._check_after = _INF if self.check_idle_after is None else self.check_idle_after
+        self._fast_get = self._fast_release = False  # see _update_flags()
+        self._update_flags()
         self._maint = _maintenance.Scheduler(self)
         _fork.register(self)
         self._maint.start()
@@ -365,6 +419,8 @@ class ConnectionPool(Generic[C]):
             timeout = self.timeout
         elif timeout is not None:
             timeout = check_seconds("timeout", timeout)
+        if self.leak_timeout is not None:
+            return _TrackedCheckout(self, timeout)
         return _Checkout(self, timeout)
 
     @property
@@ -407,6 +463,7 @@ class ConnectionPool(Generic[C]):
             raise PoolClosed(self._closed_message())
         self._min, self._max = lo, hi
         self.min_size, self.max_size = lo, hi
+        self._update_flags()
         surplus = []
         while self._idle and self._open_count() > hi:
             surplus.append(self._idle.popleft())
@@ -504,39 +561,29 @@ class ConnectionPool(Generic[C]):
         )
 
     # ------------------------------------------------------------------ get() and release
-    def _acquire(self, timeout: float | None) -> _Conn[C]:
-        """Hand out a connection: an idle one at once if it needs no check, else the slow path."""
-        idle = self._idle
-        if idle and not self._closed and self._pid == _fork.PID[0]:
-            rec = idle.pop() if self.lifo else idle.popleft()
-            self._in_use.add(rec)
-            now = _monotonic()
-            if now < rec.fresh_until and not self._hooks_acquire:
-                self._hand_out(rec, now, 0.0)
-                return rec
-            return self._acquire_slow(timeout, now, rec)
-        return self._acquire_slow(timeout, _monotonic(), None)
-
     def _acquire_slow(self, timeout: float | None, start: float, rec: _Conn[C] | None) -> _Conn[C]:
         """Wait, check and replace under one deadline (a single gevent Timeout, never re-armed)."""
         if self._pid != _fork.PID[0]:
             self._after_fork()
-        timer = _start_timer(timeout or None)
+        timer = _start_timer(timeout) if timeout else None
         again = False  # a greenlet whose connection failed its check keeps its place in line
         try:
             while True:
                 if rec is None:
                     rec = self._take_or_wait(timeout, start, again)
-                if self._vet(rec):
-                    self._hand_out(rec, _monotonic(), start)
+                now = _monotonic()
+                fresh = now < rec.fresh_until and rec.generation == self._generation
+                if (fresh and not self._hooks_acquire) or self._vet(rec):
+                    self._hand_out(rec, now, start)
                     return rec
                 rec, again = None, True
         except gevent.Timeout as t:
-            if t is not timer:
+            if timer is None or t is not timer:
                 raise
             raise self._timeout_error(timeout) from self._cause()
         finally:
-            timer.close()
+            if timer is not None:
+                timer.close()
 
     def _take_or_wait(self, timeout: float | None, start: float, first: bool) -> _Conn[C]:
         """An idle connection, or one handed over by release/connect after a FIFO wait."""
@@ -567,7 +614,8 @@ class ConnectionPool(Generic[C]):
         self._waiters[w] = None
         if first:
             self._waiters.move_to_end(w, last=False)
-        self._refill()
+        if len(self._idle) + len(self._in_use) + len(self._connecting) < self._max:
+            self._refill()
         try:
             w.waiter.get()
         except BaseException:
@@ -614,9 +662,8 @@ class ConnectionPool(Generic[C]):
             rec.last_ping = _monotonic()
         return ok
 
-    def _release(self, rec: _Conn[C], exc: BaseException | None) -> None:
+    def _release(self, rec: _Conn[C], exc: BaseException | None, now: float) -> None:
         """Take a connection back from a ``with`` block, or discard it if it may be broken."""
-        now = _monotonic()
         self._counters.use_seconds += now - rec.acquired_at
         rec.holder = None
         if rec not in self._in_use:  # forgotten after a fork, or closed by close(timeout)
@@ -638,8 +685,7 @@ class ConnectionPool(Generic[C]):
             self._discard(rec, reason)
             return
         rec.last_used = rec.last_ping = now
-        limit = self.check_idle_after
-        rec.fresh_until = 0.0 if rec.suspect else min(now + (_INF if limit is None else limit), rec.expires_at)
+        rec.fresh_until = 0.0 if rec.suspect else min(now + self._check_after, rec.expires_at)
         self._counters.returned += 1
         self._give_back(rec)
 
@@ -678,6 +724,7 @@ class ConnectionPool(Generic[C]):
             return "lifetime"
         if self._open_count() > self._max:
             return "idle"
+        self._update_flags()  # the pool is back within max_size after a resize()
         return None
 
     def _reclaim_leaked(self, rec: _Conn[C]) -> None:
@@ -699,6 +746,12 @@ class ConnectionPool(Generic[C]):
 
     # ------------------------------------------------------------------ State changes
     # No greenlet switch happens in these: each runs as one atomic step under gevent.
+
+    def _update_flags(self) -> None:
+        """Recompute whether get() and release may take their inlined common path."""
+        plain = not self._closed and self._pid == _fork.PID[0] and self.leak_timeout is None
+        self._fast_get = plain and not self._hooks_acquire
+        self._fast_release = plain and not self._hooks_release and self._open_count() <= self._max
 
     def _open_count(self) -> int:
         return len(self._idle) + len(self._in_use) + len(self._connecting)
@@ -755,7 +808,9 @@ class ConnectionPool(Generic[C]):
             self._idle.remove(recs[0])
             return
         gone = set(recs)
-        self._idle = deque(rec for rec in self._idle if rec not in gone)
+        kept = [rec for rec in self._idle if rec not in gone]
+        self._idle.clear()  # in place: self._pop is bound to this deque
+        self._idle.extend(kept)
 
     def _take_for_keepalive(self, rec: _Conn[C]) -> None:
         """``rec`` leaves the idle deque to be pinged: it is not idle, nor handed out, meanwhile."""
@@ -951,6 +1006,8 @@ class ConnectionPool(Generic[C]):
         self._call_on_discard(rec.conn, reason)
         if self._drained is not None and not self._in_use:
             self._drained.set()
+        if not self._fast_release:
+            self._update_flags()
         self._refill()
         if not self._closed:
             self._maint.wake()
@@ -969,6 +1026,7 @@ class ConnectionPool(Generic[C]):
 
     def _shut_down(self) -> None:
         self._closed = True
+        self._update_flags()
         self._fail_waiters(lambda: PoolClosed(self._closed_message()))
         for event in self._ready:
             event.set()
@@ -1004,6 +1062,8 @@ class ConnectionPool(Generic[C]):
         if self._pid == _fork.PID[0]:
             return
         self._pid = _fork.PID[0]
+        self._generation += 1  # records of the parent's connections no longer match
+        self._update_flags()
         inherited = [rec.conn for rec in self._idle] + [rec.conn for rec in self._in_use]
         self._idle.clear()
         self._in_use.clear()
