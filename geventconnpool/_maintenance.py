@@ -20,7 +20,8 @@ from gevent.monkey import get_original
 from greenlet import getcurrent
 
 if TYPE_CHECKING:
-    from .pool import ConnectionPool, _Conn
+    from ._records import Conn as _Conn
+    from .pool import ConnectionPool
 
 _INF = float("inf")
 _MAX_SLEEP = 1.0  # wake at least this often, to notice changes nobody signalled
