@@ -139,8 +139,8 @@ def _keepalive(pool: ConnectionPool[Any], now: float, sched: Scheduler) -> float
     ]
     if due and len(due) == len(pool._idle) and len(due) > 1:
         due.pop()  # the warmest stays for callers
+    pool._take_for_keepalive(due)
     for rec in due:
-        pool._take_for_keepalive(rec)
         pinger = gevent.spawn(_ping, pool, rec)
         sched.pingers.add(pinger)
         pinger.link(sched.pingers.discard)

@@ -741,6 +741,8 @@ class ConnectionPool(Generic[C]):
 
     def _pull_idle(self, recs: list[_Conn[C]]) -> None:
         """Take ``recs`` out of the idle deque (background work; O(idle))."""
+        if not recs:
+            return
         if len(recs) == 1:
             self._idle.remove(recs[0])
             return
@@ -749,11 +751,11 @@ class ConnectionPool(Generic[C]):
         self._idle.clear()  # in place: self._pop is bound to this deque
         self._idle.extend(kept)
 
-    def _take_for_keepalive(self, rec: _Conn[C]) -> None:
-        """``rec`` leaves the idle deque to be pinged: it is not idle, nor handed out, meanwhile."""
-        self._pull_idle([rec])
-        self._in_use.add(rec)
-        self._pinging += 1
+    def _take_for_keepalive(self, recs: list[_Conn[C]]) -> None:
+        """``recs`` leave the idle deque to be pinged: not idle, nor handed out, meanwhile."""
+        self._pull_idle(recs)
+        self._in_use.update(recs)
+        self._pinging += len(recs)
 
     def _keepalive_done(self, rec: _Conn[C], reason: str | None) -> None:
         """The ping of ``rec`` ended; ``reason`` says why to discard it (None: it is fine)."""
