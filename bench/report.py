@@ -1,0 +1,641 @@
+"""Turn the children's raw results into medians, ratios, targets, tables, JSON and a chart."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.plan import BASELINE, DESCRIPTIONS, LABELS, NOTES, OURS, WorkloadPlan
+from bench.servers import CpuPlan, Server
+from bench.stats import median, ratio
+
+Result = dict[str, Any]
+Doc = dict[str, Any]
+README_START = "<!-- latest-results:start -->"
+README_END = "<!-- latest-results:end -->"
+PEERS = ("gcp021", "gsocketpool", "socketpool", "gcpool", "redispy", "sqlalchemy")
+
+
+# ---------------------------------------------------------------- summarising rounds
+def good(rounds: list[Result]) -> list[Result]:
+    """The rounds that produced figures."""
+    return [r for r in rounds if "skipped" not in r and "error" not in r]
+
+
+def med(rounds: list[Result], key: str) -> float | None:
+    """Median of one figure over the rounds that have it."""
+    return median([float(r[key]) for r in rounds if r.get(key) is not None])
+
+
+def summarise_loop(rounds: list[Result], keys: Sequence[str]) -> Result:
+    """cycle / ping / single: medians of ``keys``, errors summed over rounds."""
+    ok = good(rounds)
+    out: Result = {k: med(ok, k) for k in keys}
+    out["errors"] = sum(int(r.get("errors", 0)) for r in ok)
+    out["hung"] = sum(int(r.get("hung", 0)) for r in ok)
+    return out
+
+
+def summarise_scale(rounds: list[Result]) -> Result:
+    """scale: median ns per cycle for each ``size/greenlets`` cell."""
+    ok = good(rounds)
+    cells = sorted({c for r in ok for c in r["cells"]}, key=lambda c: tuple(map(int, c.split("/"))))
+    return {
+        "ns_per_op": {
+            c: median([r["cells"][c]["ns_per_op"] for r in ok if c in r["cells"]]) for c in cells
+        },
+        "errors": sum(cell.get("errors", 0) for r in ok for cell in r["cells"].values()),
+    }
+
+
+def summarise_spike(rounds: list[Result]) -> Result:
+    """spike: connections opened and the worst wait (median and worst over rounds)."""
+    ok = good(rounds)
+    peaks = {k: max((r["peaks"][k] for r in ok), default=0) for k in ("open", "waiting")}
+    return {
+        "opened": med(ok, "opened"),
+        "opened_max": max((r["opened"] for r in ok), default=None),
+        "worst_wait_ms": med(ok, "worst_wait_ms"),
+        "worst_wait_ms_max": max((r["worst_wait_ms"] for r in ok), default=None),
+        "burst_ms": med(ok, "burst_ms"),
+        "peak_open": peaks["open"],
+        "peak_waiting": peaks["waiting"],
+        "errors": sum(int(r["errors"]) for r in ok),
+    }
+
+
+def summarise_recovery(rounds: list[Result]) -> Result:
+    """recovery: the worst time back over rounds (None if a round never recovered)."""
+    ok = good(rounds)
+    times = [r["recovery_s"] for r in ok]
+    return {
+        "recovery_s": None if not ok or None in times else max(times),
+        "caller_errors": sum(int(r["caller_errors"]) for r in ok),
+        "attempt_failures": med(ok, "attempt_failures"),
+        "opened": med(ok, "opened_during_run"),
+        "hung": sum(int(r["hung"]) for r in ok),
+        "slowest_request_s": max((r["slowest_request_s"] for r in ok), default=None),
+        "requests_ok": med(ok, "requests_ok"),
+        "downtime_s": med(ok, "downtime_s"),
+    }
+
+
+SUMMARISERS: dict[str, Callable[[list[Result]], Result]] = {
+    "cycle": lambda rs: summarise_loop(rs, ("ns_per_op", "starved")),
+    "ping": lambda rs: summarise_loop(rs, ("req_per_s", "p50_us", "p99_us", "max_us", "starved")),
+    "single": lambda rs: summarise_loop(rs, ("req_per_s", "p50_us", "p99_us")),
+    "scale": summarise_scale,
+    "spike": summarise_spike,
+    "recovery": summarise_recovery,
+}
+
+
+def add_ratios(workload: str, summaries: dict[str, Result]) -> None:
+    """Each implementation's ratio to the bare queue, in place (cost x, or throughput x)."""
+    base = summaries.get(BASELINE)
+    if base is None:
+        return
+    for s in summaries.values():
+        if workload == "cycle":
+            s["x_bare"] = ratio(s["ns_per_op"], base["ns_per_op"])
+        elif workload in ("ping", "single"):
+            s["x_bare"] = ratio(s["req_per_s"], base["req_per_s"])
+            s["p99_x_bare"] = ratio(s["p99_us"], base["p99_us"])
+        elif workload == "scale":
+            s["x_bare"] = {c: ratio(v, base["ns_per_op"].get(c)) for c, v in s["ns_per_op"].items()}
+
+
+def status(rounds: list[Result]) -> str | None:
+    """Why an implementation has no figures for a workload, if it has none."""
+    if good(rounds):
+        return None
+    for r in rounds:
+        if "skipped" in r:
+            return f"skipped: {r['skipped']}"
+    for r in rounds:
+        if "error" in r:
+            return f"error: {r['error']}"
+    return "not run"
+
+
+# ---------------------------------------------------------------- the document
+def machine() -> Result:
+    """What the figures were measured on."""
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions: Result = {}
+    for dist in ("gevent", "greenlet"):
+        try:
+            from importlib.metadata import version
+
+            versions[dist] = version(dist)
+        except Exception:
+            versions[dist] = "?"
+    return {
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "system": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        **versions,
+    }
+
+
+def build(
+    raw: dict[str, dict[str, list[Result]]],
+    plans: dict[str, WorkloadPlan],
+    impls: list[str],
+    missing: dict[str, str],
+    server: Server,
+    cpus: CpuPlan,
+    quick: bool,
+    elapsed: float,
+    argv: list[str],
+) -> Doc:
+    """Everything a reader needs, JSON-ready."""
+    results: Doc = {}
+    for workload, per_impl in raw.items():
+        summaries = {i: SUMMARISERS[workload](rs) for i, rs in per_impl.items() if good(rs)}
+        add_ratios(workload, summaries)
+        results[workload] = {
+            i: {"summary": summaries.get(i), "status": status(rs), "rounds": strip(rs)}
+            for i, rs in per_impl.items()
+        }
+    versions = {
+        i: next((r["version"] for w in raw.values() for r in w.get(i, []) if "version" in r), None)
+        for i in impls
+    }
+    doc: Doc = {
+        "meta": {
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": machine(),
+            "server": {"kind": server.kind, "version": server.version},
+            "pinning": cpus.note,
+            "pinned": cpus.pinned,
+            "quick": quick,
+            "command": "python -m bench " + " ".join(argv),
+            "elapsed_s": round(elapsed, 1),
+            "revision": git_revision(),
+        },
+        "plans": {
+            w: {"rounds": p.rounds, "params": p.params, **p.extra}
+            for w, p in plans.items()
+            if w in raw
+        },
+        "impls": {
+            i: {
+                "label": LABELS[i],
+                "version": versions[i],
+                "note": NOTES[i],
+                "missing": missing.get(i),
+            }
+            for i in impls
+        },
+        "results": results,
+    }
+    doc["targets"] = targets(doc)
+    return doc
+
+
+def strip(rounds: list[Result]) -> list[Result]:
+    """Raw rounds for the JSON, without the long spike timelines except the first one."""
+    out = []
+    for n, r in enumerate(rounds):
+        r = dict(r)
+        if n and "samples" in r:
+            r.pop("samples")
+        out.append(r)
+    return out
+
+
+def summary(doc: Doc, workload: str, impl: str) -> Result | None:
+    """One implementation's summary for a workload, if it has one."""
+    entry = doc["results"].get(workload, {}).get(impl)
+    return entry["summary"] if entry else None
+
+
+def targets(doc: Doc) -> list[Result]:
+    """The issues' targets for this project, each measured: name, wanted, got, met."""
+    out: list[Result] = []
+
+    def add(
+        name: str, wanted: str, got: float | None, met: bool | None, fmt: str = "{:.2f}"
+    ) -> None:
+        out.append(
+            {
+                "target": name,
+                "wanted": wanted,
+                "got": None if got is None else fmt.format(got),
+                "met": met,
+            }
+        )
+
+    def check(got: float | None, ok: Callable[[float], bool]) -> bool | None:
+        return None if got is None else ok(got)
+
+    ping, single = summary(doc, "ping", OURS), summary(doc, "single", OURS)
+    if ping is not None:
+        x = ping.get("x_bare")
+        add("ping throughput vs bare queue", "≥ 0.95x", x, check(x, lambda v: v >= 0.95), "{:.3f}x")
+        peers = [s["req_per_s"] for p in PEERS if (s := summary(doc, "ping", p))]
+        best = max(peers, default=None)
+        lead = ratio(ping["req_per_s"], best)
+        add(
+            "ping throughput vs best other pool",
+            "> 1x",
+            lead,
+            check(lead, lambda v: v > 1),
+            "{:.2f}x",
+        )
+        p99 = ping.get("p99_x_bare")
+        add("ping p99 vs bare queue", "≤ 1.10x", p99, check(p99, lambda v: v <= 1.10), "{:.3f}x")
+    cyc = summary(doc, "cycle", OURS)
+    if cyc is not None:
+        x = cyc.get("x_bare")
+        add("cycle cost vs bare queue", "≤ 1.5x", x, check(x, lambda v: v <= 1.5), "{:.2f}x")
+    scale = summary(doc, "scale", OURS)
+    if scale is not None:
+        for cell, x in scale.get("x_bare", {}).items():
+            size, greenlets = cell.split("/")
+            add(
+                f"scale cycle at size {size}, {greenlets} greenlet(s)",
+                "≤ 1.5x",
+                x,
+                check(x, lambda v: v <= 1.5),
+                "{:.2f}x",
+            )
+    if single is not None:
+        x = single.get("x_bare")
+        add(
+            "single throughput vs bare queue",
+            "≥ 0.95x",
+            x,
+            check(x, lambda v: v >= 0.95),
+            "{:.3f}x",
+        )
+    spike = summary(doc, "spike", OURS)
+    if spike is not None:
+        got = spike["opened_max"]
+        add(
+            "spike: connections opened (worst round)",
+            "≤ 10",
+            got,
+            check(got, lambda v: v <= 10),
+            "{:.0f}",
+        )
+    rec = summary(doc, "recovery", OURS)
+    if rec is not None:
+        got = rec["recovery_s"]
+        add(
+            "recovery: every request succeeds again (worst round)",
+            "≤ 1 s after return",
+            got,
+            None if got is None else got <= 1.0 and rec["hung"] == 0,
+            "{:.2f} s",
+        )
+    return out
+
+
+# ---------------------------------------------------------------- tables
+def fmt(value: float | None, spec: str = "{:,.0f}") -> str:
+    """A number for a table cell, or a dash."""
+    return "-" if value is None else spec.format(value)
+
+
+def fx(value: float | None) -> str:
+    """A ratio for a table cell."""
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table with padded columns (readable as plain text too)."""
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(headers), sep, *(line(r) for r in rows)])
+
+
+def label(doc: Doc, impl: str) -> str:
+    """Implementation name with its version."""
+    info = doc["impls"][impl]
+    version = info["version"]
+    name = info["label"]
+    return f"{name} ({version})" if version and version != "this repository" else name
+
+
+def why(doc: Doc, workload: str, impl: str) -> str:
+    """Short reason for an empty row."""
+    entry = doc["results"].get(workload, {}).get(impl)
+    if entry is None or entry["status"] is None:
+        return "-"
+    text = str(entry["status"])
+    return "n/a" if text.startswith("skipped") and "not installed" not in text else text[:60]
+
+
+def main_table(doc: Doc) -> str:
+    """cycle, ping and single side by side."""
+    headers = [
+        "implementation",
+        "cycle µs/op",
+        "x bare",
+        "ping req/s",
+        "x bare",
+        "p50 µs",
+        "p99 µs",
+        "p99 x bare",
+        "ping starved",
+        "single req/s",
+        "x bare",
+        "errors",
+    ]
+    rows = []
+    for impl in doc["impls"]:
+        c, p, s = (summary(doc, w, impl) or {} for w in ("cycle", "ping", "single"))
+        errors = sum(int(x.get("errors", 0)) for x in (c, p, s))
+        rows.append(
+            [
+                label(doc, impl),
+                fmt(c["ns_per_op"] / 1e3, "{:.2f}") if c else why(doc, "cycle", impl),
+                fx(c.get("x_bare")),
+                fmt(p.get("req_per_s")) if p else why(doc, "ping", impl),
+                fx(p.get("x_bare")),
+                fmt(p.get("p50_us")),
+                fmt(p.get("p99_us")),
+                fx(p.get("p99_x_bare")),
+                fmt(p.get("starved")),
+                fmt(s.get("req_per_s")) if s else why(doc, "single", impl),
+                fx(s.get("x_bare")),
+                str(errors),
+            ]
+        )
+    return table(headers, rows)
+
+
+def scale_table(doc: Doc) -> str:
+    """µs per cycle (and x bare) at each pool size and greenlet count."""
+    cells: list[str] = []
+    for impl in doc["impls"]:
+        s = summary(doc, "scale", impl)
+        for c in (s or {}).get("ns_per_op", {}):
+            if c not in cells:
+                cells.append(c)
+    headers = ["implementation"] + [f"size {c.split('/')[0]}, {c.split('/')[1]} gl" for c in cells]
+    rows = []
+    for impl in doc["impls"]:
+        s = summary(doc, "scale", impl)
+        if s is None:
+            rows.append([label(doc, impl)] + [why(doc, "scale", impl)] + [""] * (len(cells) - 1))
+            continue
+        rows.append(
+            [label(doc, impl)]
+            + [
+                f"{s['ns_per_op'][c] / 1e3:.2f} ({fx(s['x_bare'].get(c))})"
+                if s["ns_per_op"].get(c) is not None
+                else "-"
+                for c in cells
+            ]
+        )
+    return table(headers, rows)
+
+
+def spike_table(doc: Doc) -> str:
+    """Connections opened and waits in the spike test."""
+    headers = [
+        "implementation",
+        "opened (median)",
+        "opened (worst)",
+        "peak waiting",
+        "worst wait ms",
+        "all served after ms",
+        "errors",
+    ]
+    rows = []
+    for impl in doc["impls"]:
+        s = summary(doc, "spike", impl)
+        if s is None:
+            rows.append([label(doc, impl), why(doc, "spike", impl), "", "", "", "", ""])
+            continue
+        rows.append(
+            [
+                label(doc, impl),
+                fmt(s["opened"]),
+                fmt(s["opened_max"]),
+                fmt(s["peak_waiting"]),
+                fmt(s["worst_wait_ms_max"], "{:.1f}"),
+                fmt(s["burst_ms"], "{:.1f}"),
+                str(s["errors"]),
+            ]
+        )
+    return table(headers, rows)
+
+
+def recovery_table(doc: Doc) -> str:
+    """Time back to full service after a server restart, and what callers saw."""
+    headers = [
+        "implementation",
+        "all OK again after s",
+        "errors seen by callers",
+        "failed attempts (retried)",
+        "connections opened",
+        "hung callers",
+        "slowest request s",
+    ]
+    rows = []
+    for impl in doc["impls"]:
+        s = summary(doc, "recovery", impl)
+        if s is None:
+            rows.append([label(doc, impl), why(doc, "recovery", impl), "", "", "", "", ""])
+            continue
+        rows.append(
+            [
+                label(doc, impl),
+                fmt(s["recovery_s"], "{:.2f}") if s["recovery_s"] is not None else "never",
+                str(s["caller_errors"]),
+                fmt(s["attempt_failures"]),
+                fmt(s["opened"]),
+                str(s["hung"]),
+                fmt(s["slowest_request_s"], "{:.2f}"),
+            ]
+        )
+    return table(headers, rows)
+
+
+def targets_table(doc: Doc) -> str:
+    """The targets, measured."""
+    rows = [
+        [
+            t["target"],
+            t["wanted"],
+            t["got"] or "-",
+            {True: "met", False: "MISSED", None: "not measured"}[t["met"]],
+        ]
+        for t in doc["targets"]
+    ]
+    return table(["target (geventconnpool, this)", "wanted", "measured", ""], rows)
+
+
+def header(doc: Doc) -> str:
+    """Date, machine, server, pinning and command."""
+    m = doc["meta"]
+    mach = m["machine"]
+    return (
+        f"{m['date']} · {mach['cpu']}, {mach['cpus']} CPUs, {mach['system']} · Python "
+        f"{mach['python']}, gevent {mach['gevent']}, greenlet {mach['greenlet']} · server: "
+        f"{m['server']['kind']} {m['server']['version']} · {m['pinning']} · "
+        f"`{m['command']}`{' (quick mode)' if m['quick'] else ''} · {m['elapsed_s']} s"
+    )
+
+
+SECTIONS: list[tuple[str, str, Callable[[Doc], str]]] = [
+    (
+        "cycle",
+        "cycle, ping and single (medians; x bare = ratio to the bare queue; starved = greenlets "
+        "of 200 served less than a tenth of their fair share)",
+        main_table,
+    ),
+    ("scale", "scale: µs per checkout/release cycle (x bare)", scale_table),
+    ("spike", "spike (HikariCP's test)", spike_table),
+    ("recovery", "recovery (server restart)", recovery_table),
+]
+
+
+def markdown(doc: Doc) -> str:
+    """The whole report as Markdown."""
+    parts = [header(doc), ""]
+    if doc["targets"]:
+        parts += ["**Targets**", "", targets_table(doc), ""]
+    done = set(doc["results"])
+    for first, title, make in SECTIONS:
+        if first in done or (first == "cycle" and done & {"ping", "single"}):
+            parts += [f"**{title}**", "", make(doc), ""]
+    notes = [
+        f"- {label(doc, i)}: {info['note']}" + (f" — {info['missing']}" if info["missing"] else "")
+        for i, info in doc["impls"].items()
+    ]
+    work = [f"- `{w}`: {DESCRIPTIONS[w]}" for w in doc["results"]]
+    parts += ["**Workloads**", "", *work, "", "**Implementations**", "", *notes]
+    return "\n".join(parts) + "\n"
+
+
+def text(doc: Doc) -> str:
+    """What the console shows (the Markdown, which reads well as text)."""
+    return markdown(doc)
+
+
+def brief(workload: str, result: Result) -> str:
+    """One progress line's worth of a child's result."""
+    if "skipped" in result:
+        return f"skipped ({result['skipped']})"
+    if "error" in result:
+        return f"ERROR {result['error']} {result.get('stderr', '')}".strip()[:300]
+    if workload == "cycle":
+        return f"{result['ns_per_op'] / 1e3:.2f} µs/op, {result['errors']} errors"
+    if workload in ("ping", "single"):
+        return (
+            f"{result['req_per_s']:,.0f} req/s, p50 {result['p50_us']:.0f} µs, "
+            f"p99 {result['p99_us']:.0f} µs, {result['errors']} errors"
+        )
+    if workload == "scale":
+        return ", ".join(f"{c}: {v['ns_per_op'] / 1e3:.1f}" for c, v in result["cells"].items())
+    if workload == "spike":
+        return f"opened {result['opened']}, worst wait {result['worst_wait_ms']:.1f} ms"
+    rec = result["recovery_s"]
+    return (
+        f"back after {'never' if rec is None else f'{rec:.2f} s'}, "
+        f"{result['caller_errors']} caller errors, {result['hung']} hung"
+    )
+
+
+# ---------------------------------------------------------------- files
+def write(doc: Doc, out: Path, chart: bool) -> None:
+    """latest.json, latest.md and (if asked and matplotlib is there) chart.png in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
+    (out / "latest.md").write_text(markdown(doc))
+    if chart:
+        draw_chart(doc, out / "chart.png")
+
+
+def draw_chart(doc: Doc, path: Path) -> None:
+    """Throughput and p99 latency of ``ping`` per implementation (horizontal bars)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(
+            "chart skipped: matplotlib is not installed (pip install matplotlib)", file=sys.stderr
+        )
+        return
+    impls = [i for i in doc["impls"] if summary(doc, "ping", i)]
+    if not impls:
+        return
+    names = [label(doc, i) for i in impls]
+    rps = [summary(doc, "ping", i)["req_per_s"] / 1e3 for i in impls]  # type: ignore[index]
+    p99 = [summary(doc, "ping", i)["p99_us"] / 1e3 for i in impls]  # type: ignore[index]
+    colours = ["#2b7bba" if i == OURS else "#888888" if i == BASELINE else "#c9c9c9" for i in impls]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 0.45 * len(impls) + 1.8), sharey=True)
+    left.barh(names, rps, color=colours)
+    left.set_xlabel("ping throughput, thousand req/s (higher is better)")
+    right.barh(names, p99, color=colours)
+    right.set_xlabel("ping p99 latency incl. wait, ms (lower is better)")
+    right.set_xscale("log")
+    for ax, values, spec in ((left, rps, "{:.1f}k"), (right, p99, "{:.2f}")):
+        for y, v in enumerate(values):
+            ax.text(v, y, " " + spec.format(v), va="center", fontsize=8)
+    left.invert_yaxis()
+    m = doc["meta"]
+    fig.suptitle(
+        f"ping: 200 greenlets over 20 connections · {m['server']['kind']} "
+        f"{m['server']['version']} · {m['date']}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def update_readme(doc: Doc, readme: Path) -> None:
+    """Replace the results between the README's markers with this run's Markdown."""
+    if not readme.is_file():
+        return
+    body = readme.read_text()
+    pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
+    if not pattern.search(body):
+        return
+    fresh = f"{README_START}\n{markdown(doc)}{README_END}"
+    readme.write_text(pattern.sub(lambda _: fresh, body))
+
+
+def git_revision() -> str:
+    """The repository's short commit, for the record (empty if unknown)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return out.stdout.strip()
+    except OSError:
+        return ""
