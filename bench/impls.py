@@ -11,6 +11,7 @@ import builtins
 import collections
 import contextlib
 import functools
+import importlib
 import importlib.metadata
 import inspect
 import os
@@ -191,7 +192,7 @@ class BareQueue(Impl):
 
     def __init__(self, spec: PoolSpec) -> None:
         super().__init__(spec)
-        self.queue: LifoQueue = LifoQueue()
+        self.queue: LifoQueue[Any] = LifoQueue()
         self.hold = functools.partial(QueueHold, self.queue)
 
     def start(self, timeout: float) -> None:
@@ -213,14 +214,14 @@ class FifoHandoff:
 
     def __init__(self) -> None:
         self.idle: list[Any] = []
-        self.waiters: collections.deque[Waiter] = collections.deque()
+        self.waiters: collections.deque[Waiter[Any]] = collections.deque()
         self.hub = get_hub()
 
     def get(self) -> Any:
         """An idle connection, or wait in line for one."""
         if self.idle and not self.waiters:
             return self.idle.pop()
-        waiter = Waiter()
+        waiter: Waiter[Any] = Waiter()
         self.waiters.append(waiter)
         try:
             return waiter.get()
@@ -489,14 +490,14 @@ class GenericConnectionPool(Impl):
 
         factory = spec.factory
 
-        class Manager(BaseConnectionManager):  # type: ignore[misc]
+        class Manager(BaseConnectionManager[Any, Any]):
             def create(self, endpoint: Any, timeout: float | None = None) -> Any:
                 return factory()
 
             def dispose(self, endpoint: Any, conn: Any, timeout: float | None = None) -> None:
                 close_quietly(conn)
 
-        class SocketManager(SocketAlivenessCheckingMixin, Manager):  # type: ignore[misc]
+        class SocketManager(SocketAlivenessCheckingMixin[Any], Manager):
             pass
 
         manager = Manager() if spec.fake else SocketManager()
@@ -542,7 +543,7 @@ class FakeRedisConnection:
 
 def redis_driver_kwargs(connection_class: type) -> dict[str, Any]:
     """Keyword arguments that stop redis-py from sending CLIENT SETINFO on connect."""
-    params = inspect.signature(connection_class.__init__).parameters
+    params = inspect.signature(connection_class).parameters
     if "driver_info" in params:
         return {"driver_info": None}
     if "lib_name" in params:
@@ -559,8 +560,9 @@ class RedisPy(Impl):
 
     def __init__(self, spec: PoolSpec) -> None:
         super().__init__(spec)
-        import redis
-        from redis.connection import BlockingConnectionPool, Connection
+        redis: Any = importlib.import_module("redis")  # Any: its partial hints are not strict
+        BlockingConnectionPool = redis.connection.BlockingConnectionPool
+        Connection = redis.connection.Connection
 
         self.exc_classes = (
             OSError,
@@ -577,7 +579,7 @@ class RedisPy(Impl):
             }
         else:
 
-            class CountingConnection(Connection):  # type: ignore[misc]
+            class CountingConnection(Connection):  # type: ignore[misc,valid-type]
                 def _connect(self) -> Any:
                     counter.connecting += 1
                     try:
@@ -667,7 +669,7 @@ class Ours(Impl):
         options = dict(spec.extra)
         fill_at_once = options.pop("fill_at_once", True)
 
-        class BenchPool(geventconnpool.ConnectionPool):  # type: ignore[misc]
+        class BenchPool(geventconnpool.ConnectionPool[Any]):
             if fill_at_once:
                 SPAWN_FREQUENCY = 0.0
 
@@ -687,7 +689,7 @@ class Ours(Impl):
         self, fn: Callable[[], None], max_failures: int, interval: float
     ) -> Callable[[], None]:
         decorate = self.mod.retry(max_failures=max_failures, interval=interval)
-        return decorate(fn)  # type: ignore[no-any-return]
+        return decorate(fn)
 
     def snapshot(self) -> Snapshot | None:
         s = self.pool.stats()

@@ -90,7 +90,9 @@ def summarise_recovery(rounds: list[Result]) -> Result:
 
 SUMMARISERS: dict[str, Callable[[list[Result]], Result]] = {
     "cycle": lambda rs: summarise_loop(rs, ("ns_per_op", "starved")),
-    "ping": lambda rs: summarise_loop(rs, ("req_per_s", "p50_us", "p99_us", "max_us", "starved")),
+    "ping": lambda rs: summarise_loop(
+        rs, ("req_per_s", "p50_us", "p99_us", "p999_us", "max_us", "starved")
+    ),
     "single": lambda rs: summarise_loop(rs, ("req_per_s", "p50_us", "p99_us")),
     "scale": summarise_scale,
     "spike": summarise_spike,
@@ -337,8 +339,9 @@ def label(doc: Doc, impl: str) -> str:
     """Implementation name with its version."""
     info = doc["impls"][impl]
     version = info["version"]
-    name = info["label"]
-    return f"{name} ({version})" if version and version != "this repository" else name
+    if impl == OURS:
+        return f"geventconnpool {version} (this)" if version else info["label"]
+    return f"{info['label']} ({version})" if version else info["label"]
 
 
 def why(doc: Doc, workload: str, impl: str) -> str:
@@ -361,6 +364,7 @@ def main_table(doc: Doc) -> str:
         "p50 µs",
         "p99 µs",
         "p99 x bare",
+        "p99.9 µs",
         "ping starved",
         "single req/s",
         "x bare",
@@ -380,6 +384,7 @@ def main_table(doc: Doc) -> str:
                 fmt(p.get("p50_us")),
                 fmt(p.get("p99_us")),
                 fx(p.get("p99_x_bare")),
+                fmt(p.get("p999_us")),
                 fmt(p.get("starved")),
                 fmt(s.get("req_per_s")) if s else why(doc, "single", impl),
                 fx(s.get("x_bare")),
@@ -517,6 +522,22 @@ SECTIONS: list[tuple[str, str, Callable[[Doc], str]]] = [
 ]
 
 
+def describe(doc: Doc, workload: str) -> str:
+    """What a workload did in this run (recovery's timing depends on the plan)."""
+    if workload != "recovery":
+        return DESCRIPTIONS[workload]
+    p = doc["plans"]["recovery"]
+    q = p["params"]
+    return (
+        f"{q['greenlets']} greenlets over {q['size']} connections, PINGs with "
+        f"{q['think_s'] * 1e3:g} ms think time, each request wrapped in "
+        f"@retry(max_failures={q['max_failures']}, interval={q['interval']}) (0.2.1's own retry; "
+        f"the same loop for the peers); the server is stopped {p['stop_after']} s in and started "
+        f"again on the same port {p['down_s']} s later; 'all OK again' is the time from its "
+        f"return until no attempt fails any more"
+    )
+
+
 def markdown(doc: Doc) -> str:
     """The whole report as Markdown."""
     parts = [header(doc), ""]
@@ -530,7 +551,7 @@ def markdown(doc: Doc) -> str:
         f"- {label(doc, i)}: {info['note']}" + (f" — {info['missing']}" if info["missing"] else "")
         for i, info in doc["impls"].items()
     ]
-    work = [f"- `{w}`: {DESCRIPTIONS[w]}" for w in doc["results"]]
+    work = [f"- `{w}`: {describe(doc, w)}" for w in doc["results"]]
     parts += ["**Workloads**", "", *work, "", "**Implementations**", "", *notes]
     return "\n".join(parts) + "\n"
 
@@ -590,18 +611,23 @@ def draw_chart(doc: Doc, path: Path) -> None:
     if not impls:
         return
     names = [label(doc, i) for i in impls]
-    rps = [summary(doc, "ping", i)["req_per_s"] / 1e3 for i in impls]  # type: ignore[index]
-    p99 = [summary(doc, "ping", i)["p99_us"] / 1e3 for i in impls]  # type: ignore[index]
+    pings = [summary(doc, "ping", i) or {} for i in impls]
+    rps = [p["req_per_s"] / 1e3 for p in pings]
+    p99 = [p["p99_us"] / 1e3 for p in pings]
+    p999 = [p["p999_us"] / 1e3 for p in pings]
     colours = ["#2b7bba" if i == OURS else "#888888" if i == BASELINE else "#c9c9c9" for i in impls]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 0.45 * len(impls) + 1.8), sharey=True)
     left.barh(names, rps, color=colours)
     left.set_xlabel("ping throughput, thousand req/s (higher is better)")
-    right.barh(names, p99, color=colours)
-    right.set_xlabel("ping p99 latency incl. wait, ms (lower is better)")
+    right.barh(names, p99, color=colours, label="p99")
+    right.plot(p999, range(len(impls)), "k|", markersize=14, label="p99.9")
+    right.set_xlabel("ping latency incl. the wait for a connection, ms (lower is better)")
     right.set_xscale("log")
+    right.legend(loc="lower right", fontsize=8)
     for ax, values, spec in ((left, rps, "{:.1f}k"), (right, p99, "{:.2f}")):
         for y, v in enumerate(values):
             ax.text(v, y, " " + spec.format(v), va="center", fontsize=8)
+        ax.margins(x=0.18)
     left.invert_yaxis()
     m = doc["meta"]
     fig.suptitle(

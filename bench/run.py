@@ -108,7 +108,14 @@ class Runner:
         }
 
     def run(self, impl: str, workload: str, plan: WorkloadPlan) -> Result:
-        """One child run of ``workload`` on ``impl``."""
+        """One child run of ``workload`` on ``impl``, with its wall time (``wall_s``)."""
+        start = time.monotonic()
+        result = self.run_child(impl, workload, plan)
+        result["wall_s"] = round(time.monotonic() - start, 2)
+        return result
+
+    def run_child(self, impl: str, workload: str, plan: WorkloadPlan) -> Result:
+        """Start the child, wait for it (bounded by the plan's timeout), parse its result."""
         job = self.job(impl, workload, plan)
         if workload == "recovery":
             return self.run_recovery(job, plan)
@@ -189,7 +196,9 @@ def run_workload(
                 missing[impl] = f"{skipped}; install: {INSTALL_HINTS.get(impl, '?')}"
             rounds[impl].append(result)
             brief = report.brief(workload, result)
-            log(f"[{workload} {r + 1}/{plan.rounds}] {LABELS[impl]}: {brief}")
+            log(
+                f"[{workload} {r + 1}/{plan.rounds}] {LABELS[impl]}: {brief} ({result['wall_s']} s)"
+            )
     return rounds
 
 

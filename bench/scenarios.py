@@ -132,7 +132,7 @@ def spike(impl: Impl, callers: int, hold_s: float, settle_s: float) -> dict[str,
     }
 
 
-def read_stdin_line(result: AsyncResult) -> None:
+def read_stdin_line(result: AsyncResult[str]) -> None:
     """Read one line from stdin cooperatively and hand it to ``result``."""
     fd = sys.stdin.fileno()
     gos.make_nonblocking(fd)
@@ -192,15 +192,18 @@ def recovery(
                 line.slowest_s = max(line.slowest_s, t1 - t0)
             gevent.sleep(think_s)
 
-    up = AsyncResult()
+    up: AsyncResult[str] = AsyncResult()
     group = [gevent.spawn(worker) for _ in range(greenlets)]
     reader = gevent.spawn(read_stdin_line, up)
     gevent.sleep(0.05)
     print("READY", flush=True)
     hung = _join(group, budget, grace=5.0)
-    answer = up.get(timeout=10.0)
+    answer = up.get(timeout=10.0) or ""
     reader.kill()
-    t_down, t_up = (float(x) for x in answer.split()[1:3])
+    words = answer.split()
+    if len(words) != 3 or words[0] != "UP":
+        raise RuntimeError(f"expected 'UP <t_down> <t_up>' from the parent, got {answer!r}")
+    t_down, t_up = float(words[1]), float(words[2])
     return recovery_figures(line, t_down, t_up) | {
         "caller_errors": budget.errors,
         "first_error": budget.first_error,

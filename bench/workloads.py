@@ -63,7 +63,7 @@ def fairness(done: list[int]) -> dict[str, Any]:
     }
 
 
-def _join(greenlets: list[gevent.Greenlet], budget: Budget, grace: float = 5.0) -> int:
+def _join(greenlets: list[gevent.Greenlet[..., Any]], budget: Budget, grace: float = 5.0) -> int:
     """Wait for the greenlets past the deadline plus ``grace``; kill and count the stragglers."""
     left = max(0.0, budget.deadline - time.perf_counter()) + grace
     gevent.joinall(greenlets, timeout=left)

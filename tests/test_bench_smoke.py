@@ -33,4 +33,4 @@ def test_quick_bench_produces_numbers(tmp_path: Path) -> None:
     assert cycle["ours"]["summary"]["x_bare"] > 0
     assert doc["meta"]["server"]["kind"] == "embedded"
     assert "cycle" in (tmp_path / "latest.md").read_text()
-    assert "geventconnpool (this)" in done.stdout
+    assert "(this)" in done.stdout
