@@ -31,7 +31,7 @@ from bench.plan import (
     full_plan,
     quick_plan,
 )
-from bench.servers import REPO, CpuPlan, Server, ServerMissing, cpu_plan, open_server
+from bench.servers import APT_HINT, REPO, CpuPlan, Server, ServerMissing, cpu_plan, open_server
 
 Result = dict[str, Any]
 DEFAULT_OUT = REPO / "bench" / "results"
@@ -218,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     except ServerMissing as exc:
         print(exc, file=sys.stderr)
         return 2
+    if args.server == "auto" and server.kind == "embedded":
+        log(f"redis-server not found ({APT_HINT}): using the embedded PING server")
     log(f"server: {server.kind} {server.version} on 127.0.0.1:{server.port}; {cpus.note}")
     started = time.monotonic()
     missing: dict[str, str] = {}
