@@ -1,0 +1,470 @@
+"""``python -m geventconnpool demo``: what a pool buys, measured in a few seconds on loopback.
+
+Many greenlets send PINGs through a :class:`~geventconnpool.ConnectionPool`, then the same
+workload opens a new connection per request; a table shows both side by side. Halfway through
+the pooled run the embedded server drops every connection once: requests wrapped in
+:func:`~geventconnpool.retry` still all succeed, and the pool replaces what it lost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import textwrap
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TextIO
+
+import gevent
+from gevent import socket as gsocket
+
+from .errors import PoolTimeout
+from .pool import ConnectionPool
+from .retry import retry
+from .stats import PoolStats
+from .testing import PingServer, ping
+
+__all__ = ["DemoOptions", "PhaseResult", "run"]
+
+DEFAULT_PORT = 6379  # with --host but no --port: a Redis server
+REQUEST_TIMEOUT = 5.0  # bounds each connect, get() and reply
+RETRIES = 5  # @retry(max_failures=...) around every request
+_WIDTH = 26  # label column of the table
+_COLUMN = 24  # each result column
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """What ``python -m geventconnpool demo`` was asked to do."""
+
+    greenlets: int = 500
+    requests: int = 50_000
+    size: int = 20
+    compare_requests: int = 5_000
+    host: str | None = None  # None (and port None): start the embedded PingServer
+    port: int | None = None
+    compare: bool = True
+    drop: bool = True
+    max_seconds: float = 120.0
+
+    @property
+    def external(self) -> bool:
+        """True when aimed at a server of the user's (``--host``/``--port``)."""
+        return self.host is not None or self.port is not None
+
+
+@dataclass
+class PhaseResult:
+    """The outcome of one workload."""
+
+    label: str
+    planned: int
+    ok: int = 0
+    errors: int = 0
+    attempts: int = 0  # calls of the request function, retries included
+    running: int = 0  # requests in progress (after a timed-out run: the interrupted ones)
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    connections: int = 0  # connections opened
+    timed_out: bool = False
+    first_error: str | None = None
+    dropped: int | None = None  # connections the server dropped halfway (None: no drop)
+    dropped_at: int | None = None  # after how many completed requests
+    created_at_drop: int = 0  # connections the pool had opened when the server dropped them
+    stats: PoolStats | None = None  # the pool's, at the end of the run (pooled phase only)
+
+    @property
+    def failed(self) -> int:
+        """Requests that did not succeed: errors, and requests never run (time guard)."""
+        return self.planned - self.ok
+
+    @property
+    def not_run(self) -> int:
+        """Requests never completed because the time guard (--max-seconds) stopped the run."""
+        return self.planned - self.ok - self.errors
+
+    @property
+    def retried(self) -> int:
+        """Extra attempts made by ``@retry``."""
+        return self.attempts - self.ok - self.errors - self.running
+
+    @property
+    def rate(self) -> float:
+        """Successful requests per second."""
+        return self.ok / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def replaced(self) -> int:
+        """Connections the pool opened after the drop (to replace the dropped ones)."""
+        if self.stats is None or self.dropped is None:
+            return 0
+        return self.stats.created - self.created_at_drop
+
+    def percentile(self, q: float) -> float:
+        """Latency (seconds) at quantile ``q`` (nearest rank); 0 without data."""
+        values = sorted(self.latencies)
+        if not values:
+            return 0.0
+        return values[min(len(values) - 1, max(0, math.ceil(q * len(values)) - 1))]
+
+
+class DemoPool(ConnectionPool[gsocket.socket]):
+    """A pool of TCP connections to a PING server."""
+
+    SPAWN_FREQUENCY = 0.005  # fill fast: 0.2.1's 0.1 s would stagger 20 connects over 2 s
+
+    def __init__(self, size: int, address: tuple[str, int]) -> None:
+        self.address = address
+        super().__init__(size, name="demo", timeout=REQUEST_TIMEOUT)
+
+    def _new_connection(self) -> gsocket.socket:
+        return connect(self.address)
+
+
+def connect(address: tuple[str, int]) -> gsocket.socket:
+    """A TCP connection to ``address`` with TCP_NODELAY; its I/O times out after a while."""
+    sock = gsocket.create_connection(address, timeout=REQUEST_TIMEOUT)
+    sock.setsockopt(gsocket.IPPROTO_TCP, gsocket.TCP_NODELAY, 1)
+    return sock
+
+
+class Progress:
+    """A live one-line progress display: redrawn with ``\\r`` on a TTY, else a line a second."""
+
+    def __init__(self, out: TextIO, result: PhaseResult) -> None:
+        self.out = out
+        self.result = result
+        self.tty = out.isatty()
+        self.interval = 0.1 if self.tty else 1.0
+        self.started = time.perf_counter()
+        self._greenlet: gevent.Greenlet[[], None] | None = None
+
+    def start(self) -> None:
+        self._greenlet = gevent.spawn(self._loop)
+
+    def stop(self) -> None:
+        """Stop redrawing and print the final state on its own line."""
+        if self._greenlet is not None:
+            self._greenlet.kill()
+        self._show(final=True)
+
+    def note(self, text: str) -> None:
+        """Print an event on its own line, under the progress line."""
+        prefix = "\r" + " " * 79 + "\r" if self.tty else ""
+        self.out.write(f"{prefix}  ! {text}\n")
+        self.out.flush()
+
+    def line(self) -> str:
+        r = self.result
+        done = r.ok + r.errors
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        return (
+            f"  {r.label:<28} {done:>7,}/{r.planned:<7,} {100 * done / r.planned:3.0f}%"
+            f" {done / elapsed:>8,.0f} req/s  errors {r.errors}"
+        )
+
+    def _loop(self) -> None:
+        while True:
+            gevent.sleep(self.interval)
+            self._show(final=False)
+
+    def _show(self, final: bool) -> None:
+        text = self.line()
+        if self.tty:
+            self.out.write("\r" + text.ljust(79) + ("\n" if final else ""))
+        else:
+            self.out.write(text + "\n")
+        self.out.flush()
+
+
+def drive(
+    result: PhaseResult,
+    request: Callable[[], None],
+    greenlets: int,
+    deadline: float,
+    progress: Progress,
+    on_success: Callable[[int], None] | None = None,
+) -> None:
+    """Run ``result.planned`` requests from ``greenlets`` greenlets, until done or ``deadline``."""
+    issued = [0]
+
+    def worker() -> None:
+        while issued[0] < result.planned:
+            issued[0] += 1
+            start = time.perf_counter()
+            result.running += 1
+            try:
+                request()
+            except Exception as exc:
+                result.running -= 1
+                result.errors += 1
+                result.first_error = result.first_error or repr(exc)
+                continue
+            result.running -= 1
+            result.latencies.append(time.perf_counter() - start)
+            result.ok += 1
+            if on_success is not None:
+                on_success(result.ok)
+
+    progress.start()
+    begin = time.perf_counter()
+    workers = [gevent.spawn(worker) for _ in range(min(greenlets, result.planned))]
+    gevent.joinall(workers, timeout=max(0.0, deadline - time.monotonic()))
+    result.seconds = time.perf_counter() - begin
+    if not all(w.dead for w in workers):
+        result.timed_out = True
+        gevent.killall(workers, block=True, timeout=REQUEST_TIMEOUT)
+    progress.stop()
+
+
+def pooled_phase(
+    opts: DemoOptions,
+    address: tuple[str, int],
+    server: PingServer | None,
+    deadline: float,
+    out: TextIO,
+) -> PhaseResult:
+    """The workload through a pool of ``opts.size`` connections, with the drop halfway."""
+    result = PhaseResult(f"pool of {_n(opts.size, 'connection')}", opts.requests)
+    pool = DemoPool(opts.size, address)
+    try:
+        try:  # start with a full pool, as an application would after its startup
+            pool.wait_ready(timeout=max(0.1, min(REQUEST_TIMEOUT, deadline - time.monotonic())))
+        except PoolTimeout:
+            pass  # still filling: the first requests wait for their connections
+
+        @retry(max_failures=RETRIES, interval=0.005, backoff=2.0)
+        def request() -> None:
+            result.attempts += 1
+            with pool.get() as sock:
+                ping(sock)
+
+        progress = Progress(out, result)
+        drive(
+            result,
+            request,
+            opts.greenlets,
+            deadline,
+            progress,
+            _dropper(result, server, pool, progress) if server is not None and opts.drop else None,
+        )
+        result.stats = pool.stats()
+        result.connections = result.stats.created
+    finally:
+        pool.close()
+    return result
+
+
+def _dropper(
+    result: PhaseResult, server: PingServer, pool: DemoPool, progress: Progress
+) -> Callable[[int], None]:
+    """A success callback that makes ``server`` drop every connection once, halfway."""
+    halfway = max(1, result.planned // 2)
+
+    def maybe_drop(done: int) -> None:
+        if done == halfway and result.dropped is None:
+            result.dropped_at = done
+            result.created_at_drop = pool.stats().created
+            result.dropped = server.drop_all()
+            progress.note(
+                f"the server dropped all {_n(result.dropped, 'connection')} after {done:,} requests"
+            )
+
+    return maybe_drop
+
+
+def per_connection_phase(
+    opts: DemoOptions, address: tuple[str, int], deadline: float, out: TextIO
+) -> PhaseResult:
+    """The same workload, opening (and closing) a new connection for every request."""
+    result = PhaseResult("new connection per request", opts.compare_requests)
+
+    @retry(max_failures=RETRIES, interval=0.005, backoff=2.0)
+    def request() -> None:
+        result.attempts += 1
+        sock = connect(address)
+        result.connections += 1
+        try:
+            ping(sock)
+        finally:
+            sock.close()
+
+    drive(result, request, opts.greenlets, deadline, Progress(out, result))
+    return result
+
+
+def preflight(address: tuple[str, int]) -> str | None:
+    """One PING on a fresh connection; returns what went wrong, or None."""
+    try:
+        sock = connect(address)
+    except OSError as exc:
+        return f"cannot connect: {exc}"
+    try:
+        ping(sock)
+    except OSError as exc:
+        return f"no PONG to PING: {exc}"
+    finally:
+        sock.close()
+    return None
+
+
+def _ms(seconds: float) -> str:
+    """A latency for humans: ``0.42 ms``, ``12.3 ms``, ``1.62 s``."""
+    if seconds >= 1.0:
+        return f"{seconds:.2f} s"
+    return f"{seconds * 1000:.2f} ms" if seconds < 0.01 else f"{seconds * 1000:.1f} ms"
+
+
+def _n(count: int, word: str) -> str:
+    """``1 connection``, ``20 connections``, ``50,000 PINGs``."""
+    return f"{count:,} {word}{'' if count == 1 else 's'}"
+
+
+def _row(label: str, *cells: str) -> str:
+    return f"{label:<{_WIDTH}}" + "".join(f"{cell:<{_COLUMN}}" for cell in cells).rstrip()
+
+
+def _pool_rows(p: PhaseResult) -> list[tuple[str, str]]:
+    """The rows only the pooled column has: waiting for a connection, the drop, the recovery."""
+    s = p.stats
+    if s is None:
+        return []
+    drop = "off" if p.dropped is None else f"{p.dropped} conns at #{p.dropped_at:,}"
+    return [
+        ("mean wait in get()", _ms(s.wait_seconds_total / max(s.acquired, 1))),
+        ("server dropped", drop),
+        ("discarded by the pool", f"{s.discarded.total:,}"),
+        ("opened after the drop", "-" if p.dropped is None else f"{p.replaced:,}"),
+    ]
+
+
+def table(pooled: PhaseResult, other: PhaseResult | None) -> str:
+    """The summary table, the pooled run and the per-connection run side by side."""
+    cols = [pooled] + ([other] if other is not None else [])
+    star = " (*)" if other is not None and other.planned != pooled.planned else ""
+    lines = [
+        _row("", *(c.label for c in cols)),
+        _row("", *("-" * len(c.label) for c in cols)),
+        _row("requests", f"{pooled.planned:,}", *(f"{c.planned:,}{star}" for c in cols[1:])),
+        _row("errors", *(f"{c.errors:,}" for c in cols)),
+        _row("requests/s", *(f"{c.rate:,.0f}" for c in cols)),
+        _row("latency p50", *(_ms(c.percentile(0.50)) for c in cols)),
+        _row("latency p99", *(_ms(c.percentile(0.99)) for c in cols)),
+        _row("connections opened", *(f"{c.connections:,}" for c in cols)),
+        _row("retried by @retry", *(f"{c.retried:,}" for c in cols)),
+    ]
+    lines += [_row(label, value, *("-" for _ in cols[1:])) for label, value in _pool_rows(pooled)]
+    if any(c.not_run for c in cols):
+        lines.append(_row("not run (--max-seconds)", *(f"{c.not_run:,}" for c in cols)))
+    lines.append(_row("wall time", *(f"{c.seconds:.2f} s" for c in cols)))
+    if star:
+        lines.append(
+            "(*) fewer requests (--compare-requests): a connection per request is slow and ties"
+            " up\n    an ephemeral port each; compare rates and latencies, not totals."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def verdict(pooled: PhaseResult, other: PhaseResult | None, greenlets: int) -> list[str]:
+    """A few sentences a newcomer can read instead of the table."""
+    size = pooled.stats.max_size if pooled.stats is not None else 0
+    lines = [
+        f"Latencies include the wait in pool.get():"
+        f" {_n(min(greenlets, pooled.planned), 'greenlet')} for {_n(size, 'connection')}."
+    ]
+    if other is not None and other.rate > 0 and pooled.rate > 0:
+        lines.append(
+            f"The pool served {pooled.rate / other.rate:.1f}x the requests per second of a new"
+            f" connection per request (p99 {_ms(pooled.percentile(0.99))} vs"
+            f" {_ms(other.percentile(0.99))}), opening {pooled.connections:,} connections in all."
+        )
+    s = pooled.stats
+    if pooled.dropped is not None and s is not None:
+        reasons = ", ".join(
+            f"{name} {count}" for name, count in dataclasses.asdict(s.discarded).items() if count
+        )
+        lines.append(
+            f"Recovery: the server dropped {_n(pooled.dropped, 'connection')} after"
+            f" {pooled.dropped_at:,} requests; @retry re-ran {_n(pooled.retried, 'request')}, the"
+            f" pool discarded {_n(s.discarded.total, 'connection')} ({reasons or 'none'}) and"
+            f" opened {pooled.replaced} to replace them ({s.open}/{s.max_size} open at the end)."
+        )
+    return [*lines, _outcome([pooled] if other is None else [pooled, other])]
+
+
+def _outcome(results: list[PhaseResult]) -> str:
+    """The last line: every request succeeded, or what did not."""
+    errors = sum(r.errors for r in results)
+    not_run = sum(r.not_run for r in results)
+    if not errors and not not_run:
+        return "Every request succeeded."
+    first = next((r.first_error for r in results if r.first_error), None)
+    parts = []
+    if errors:
+        parts.append(f"{errors:,} requests failed" + (f" (first error: {first})" if first else ""))
+    if not_run:
+        parts.append(f"{not_run:,} requests were not run: the demo hit --max-seconds")
+    return "FAILED: " + "; ".join(parts) + "."
+
+
+def _header(opts: DemoOptions, address: tuple[str, int], embedded: bool, out: TextIO) -> None:
+    host, port = address
+    where = "embedded PING server (in this process)" if embedded else "PING server"
+    out.write(
+        f"geventconnpool demo: {_n(opts.greenlets, 'greenlet')}, {_n(opts.requests, 'PING')}"
+        f" through a pool of {_n(opts.size, 'connection')}\n{where} on {host}:{port}"
+    )
+    if not embedded:
+        out.write(" (no drop: only the embedded server can drop connections on cue)")
+    elif opts.drop:
+        out.write("; it drops every connection once, halfway")
+    out.write("\n\n")
+    out.flush()
+
+
+def run(opts: DemoOptions, out: TextIO, err: TextIO) -> int:
+    """Run the demo; returns the exit code: 0 when every request succeeded, else 1."""
+    deadline = time.monotonic() + opts.max_seconds
+    server = None if opts.external else PingServer().start()
+    try:
+        if server is not None:
+            address = server.address
+        else:
+            address = (opts.host or "127.0.0.1", opts.port or DEFAULT_PORT)
+        _header(opts, address, server is not None, out)
+        problem = preflight(address)
+        if problem is not None:
+            err.write(f"error: {address[0]}:{address[1]}: {problem}\n")
+            return 1
+        return _phases(opts, address, server, deadline, out)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _phases(
+    opts: DemoOptions,
+    address: tuple[str, int],
+    server: PingServer | None,
+    deadline: float,
+    out: TextIO,
+) -> int:
+    pooled = pooled_phase(opts, address, server, deadline, out)
+    other = None
+    if opts.compare and time.monotonic() < deadline:
+        other = per_connection_phase(opts, address, deadline, out)
+    timed_out = pooled.timed_out or (other is not None and other.timed_out)
+    timed_out = timed_out or (opts.compare and other is None)
+    if timed_out:
+        out.write(f"  ! stopped by --max-seconds ({opts.max_seconds:g} s)\n")
+    out.write(
+        "\n"
+        + table(pooled, other)
+        + "\n"
+        + "\n".join(textwrap.fill(line, 100) for line in verdict(pooled, other, opts.greenlets))
+        + "\n"
+    )
+    out.flush()
+    failed = pooled.failed + (other.failed if other is not None else 0)
+    return 1 if failed or timed_out else 0
