@@ -551,6 +551,13 @@ def redis_driver_kwargs(connection_class: type) -> dict[str, Any]:
     return {}
 
 
+def redis_get_args(get_connection: Callable[..., Any]) -> tuple[str, ...]:
+    """``()`` for redis-py >= 5.3 (no arguments), ``("PING",)`` where a command name is required."""
+    params = list(inspect.signature(get_connection).parameters.values())
+    required = params and params[0].default is inspect.Parameter.empty
+    return ("PING",) if required and params[0].kind is not params[0].VAR_POSITIONAL else ()
+
+
 class RedisPy(Impl):
     """redis-py's ``BlockingConnectionPool``; ``ping`` goes through the full client."""
 
@@ -600,10 +607,11 @@ class RedisPy(Impl):
             }
         self.pool = BlockingConnectionPool(max_connections=spec.max_size, timeout=None, **kwargs)
         self.client = redis.Redis(connection_pool=self.pool)
+        self.get_args = redis_get_args(self.pool.get_connection)
         self.hold = self.borrow
 
     def acquire(self) -> Any:
-        return self.pool.get_connection()
+        return self.pool.get_connection(*self.get_args)
 
     def release(self, item: Any) -> None:
         self.pool.release(item)

@@ -92,13 +92,15 @@ def cycle_loop(impl: Impl, greenlets: int, duration: float, max_ops: int) -> dic
                     budget.error(exc)
                 done[me] += 1
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.thread_time()
     group = [gevent.spawn(worker, i) for i in range(greenlets)]
     hung = _join(group, budget)
     elapsed = time.perf_counter() - start
+    cpu = time.thread_time() - cpu
     ops = max_ops - budget.remaining
     return {
         "ops": ops,
+        "cpu_us_per_op": cpu / max(ops, 1) * 1e6,
         "elapsed_s": elapsed,
         "ns_per_op": elapsed / max(ops, 1) * 1e9,
         "errors": budget.errors,
@@ -127,13 +129,15 @@ def request_loop(impl: Impl, greenlets: int, duration: float, max_ops: int) -> d
             latencies.append(now() - t0)
             done[me] += 1
 
-    start = now()
+    start, cpu = now(), time.thread_time()
     group = [gevent.spawn(worker, i) for i in range(greenlets)]
     hung = _join(group, budget)
     elapsed = now() - start
+    cpu = time.thread_time() - cpu
     latencies.sort()
     return {
         "ops": len(latencies),
+        "cpu_us_per_op": cpu / max(len(latencies), 1) * 1e6,
         "elapsed_s": elapsed,
         "req_per_s": len(latencies) / elapsed,
         "p50_us": percentile(latencies, 50) * 1e6,
