@@ -1,0 +1,423 @@
+"""Ready-made pools of TCP and TLS sockets: :class:`TcpPool` and :class:`SslPool`.
+
+No subclass needed::
+
+    pool = SslPool("api.example.com", 443, size=10)
+    with pool.get() as sock:
+        sock.sendall(b"...")
+
+TCP_NODELAY is on, OS-level TCP keepalive is optional, each connect is bounded by the pool's
+``connect_timeout``, and idle sockets are checked on checkout without a round trip. TLS verifies
+the certificate and host name by default and resumes the last TLS session on reconnect.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket as _stdsocket
+import ssl as _stdssl
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import gevent.socket
+import gevent.ssl
+
+from ..pool import ConnectionPool
+
+__all__ = [
+    "SocketConnector",
+    "SslPool",
+    "TcpPool",
+    "TlsStats",
+    "probe_socket",
+    "probe_tls_socket",
+    "set_tcp_keepalive",
+]
+
+log = logging.getLogger("geventconnpool.contrib.tcp")
+
+S = TypeVar("S", bound=_stdsocket.socket)
+
+# gevent's SSLSocket derives from gevent's socket, not from the stdlib's SSLSocket.
+_TLS_SOCKETS: tuple[type[Any], ...] = (_stdssl.SSLSocket, gevent.ssl.SSLSocket)
+
+_POLL_MASK = (
+    select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP | select.POLLNVAL
+    if hasattr(select, "poll")
+    else 0
+)
+
+
+def _readable_now(fd: int) -> bool:
+    """True if ``fd`` is readable (or in error/hang-up) right now; never waits."""
+    if fd < 0:
+        return True
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, _POLL_MASK)
+        return bool(poller.poll(0))
+    readable, _, errored = select.select([fd], [], [fd], 0)
+    return bool(readable or errored)
+
+
+def probe_socket(sock: _stdsocket.socket) -> bool:
+    """Zero round-trip health probe of an idle socket: False if the peer closed or reset it,
+    or sent bytes nobody asked for. Reads nothing from a healthy socket.
+
+    TLS sockets are delegated to :func:`probe_tls_socket`.
+    """
+    if isinstance(sock, _TLS_SOCKETS):
+        return probe_tls_socket(sock)
+    try:
+        return not _readable_now(sock.fileno())
+    except (OSError, ValueError):
+        return False
+
+
+def probe_tls_socket(sock: _stdssl.SSLSocket) -> bool:
+    """Zero round-trip health probe of an idle TLS socket.
+
+    A readable TLS socket is not necessarily dead: under TLS 1.3 the server sends
+    NewSessionTicket records after the handshake. Those are consumed here by one non-blocking
+    TLS read: if it yields no application data (``SSLWantReadError``) the connection is healthy;
+    EOF, an error or unsolicited application data mean it is dead.
+    """
+    try:
+        if sock.pending():
+            return False  # decrypted application data nobody asked for
+        if not _readable_now(sock.fileno()):
+            return True
+        timeout = sock.gettimeout()
+        sock.settimeout(0.0)
+        try:
+            sock.recv(1)
+        except (_stdssl.SSLWantReadError, _stdssl.SSLWantWriteError):
+            return True  # only TLS housekeeping records were there
+        finally:
+            sock.settimeout(timeout)
+        return False  # b"" is EOF; anything else is unsolicited data
+    except (OSError, ValueError):
+        return False
+
+
+def set_tcp_keepalive(
+    sock: _stdsocket.socket,
+    idle: int | None = None,
+    interval: int | None = None,
+    count: int | None = None,
+) -> None:
+    """Turn on OS-level TCP keepalive; set idle/interval/count where the platform has them."""
+    sock.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_KEEPALIVE, 1)
+    if idle is not None:
+        if hasattr(_stdsocket, "TCP_KEEPIDLE"):
+            sock.setsockopt(_stdsocket.IPPROTO_TCP, _stdsocket.TCP_KEEPIDLE, idle)
+        elif hasattr(_stdsocket, "TCP_KEEPALIVE"):  # macOS
+            sock.setsockopt(_stdsocket.IPPROTO_TCP, _stdsocket.TCP_KEEPALIVE, idle)
+    if interval is not None and hasattr(_stdsocket, "TCP_KEEPINTVL"):
+        sock.setsockopt(_stdsocket.IPPROTO_TCP, _stdsocket.TCP_KEEPINTVL, interval)
+    if count is not None and hasattr(_stdsocket, "TCP_KEEPCNT"):
+        sock.setsockopt(_stdsocket.IPPROTO_TCP, _stdsocket.TCP_KEEPCNT, count)
+
+
+def _positive(name: str, value: float | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a positive number or None, got {value!r}")
+
+
+@dataclass(frozen=True)
+class TlsStats:
+    """TLS counters of a pool: completed handshakes, and how many of them resumed a session."""
+
+    handshakes: int
+    resumed: int
+
+
+class SocketConnector:
+    """Opens the sockets of a pool: TCP (or a unix socket), optionally wrapped in TLS.
+
+    Shared by :class:`TcpPool`, :class:`SslPool` and the protocol pools built on them. Keeps the
+    last resumable TLS session and passes it to the next handshake; counts handshakes.
+    """
+
+    def __init__(
+        self,
+        host: str | None,
+        port: int | None,
+        *,
+        unix_socket: str | None = None,
+        ssl_context: _stdssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+        tcp_nodelay: bool = True,
+        tcp_keepalive: bool = False,
+        tcp_keepalive_idle: int | None = None,
+        tcp_keepalive_interval: int | None = None,
+        tcp_keepalive_count: int | None = None,
+        socket_timeout: float | None = None,
+        source_address: tuple[str, int] | None = None,
+    ) -> None:
+        if unix_socket is None:
+            if not host or not isinstance(host, str):
+                raise ValueError(f"host must be a non-empty string, got {host!r}")
+            if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+                raise ValueError(f"port must be an int in 1..65535, got {port!r}")
+        for name, value in (
+            ("tcp_keepalive_idle", tcp_keepalive_idle),
+            ("tcp_keepalive_interval", tcp_keepalive_interval),
+            ("tcp_keepalive_count", tcp_keepalive_count),
+        ):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+            _positive(name, value)
+        _positive("socket_timeout", socket_timeout)
+        self.host = host
+        self.port = port
+        self.unix_socket = unix_socket
+        self.ssl_context = ssl_context
+        self.server_hostname = server_hostname if server_hostname is not None else host
+        self.tcp_nodelay = tcp_nodelay
+        self.tcp_keepalive = tcp_keepalive
+        self.tcp_keepalive_idle = tcp_keepalive_idle
+        self.tcp_keepalive_interval = tcp_keepalive_interval
+        self.tcp_keepalive_count = tcp_keepalive_count
+        self.socket_timeout = socket_timeout
+        self.source_address = source_address
+        self.session: _stdssl.SSLSession | None = None
+        self.handshakes = 0
+        self.resumed = 0
+
+    @property
+    def address(self) -> str:
+        """``host:port`` or the unix socket's path, for messages."""
+        return self.unix_socket if self.unix_socket else f"{self.host}:{self.port}"
+
+    def connect(self, timeout: float | None) -> gevent.socket.socket:
+        """Open one connected socket (TLS handshake included), bounded by ``timeout`` seconds."""
+        if self.unix_socket:
+            sock = gevent.socket.socket(_stdsocket.AF_UNIX, _stdsocket.SOCK_STREAM)
+            try:
+                sock.settimeout(timeout)
+                sock.connect(self.unix_socket)
+            except BaseException:
+                sock.close()
+                raise
+        else:
+            assert self.host is not None and self.port is not None
+            sock = gevent.socket.create_connection(
+                (self.host, self.port), timeout=timeout, source_address=self.source_address
+            )
+        try:
+            if not self.unix_socket:
+                if self.tcp_nodelay:
+                    sock.setsockopt(_stdsocket.IPPROTO_TCP, _stdsocket.TCP_NODELAY, 1)
+                if self.tcp_keepalive:
+                    set_tcp_keepalive(
+                        sock,
+                        self.tcp_keepalive_idle,
+                        self.tcp_keepalive_interval,
+                        self.tcp_keepalive_count,
+                    )
+            if self.ssl_context is not None:
+                sock = self._wrap(sock)
+            sock.settimeout(self.socket_timeout)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _wrap(self, sock: gevent.socket.socket) -> gevent.socket.socket:
+        # gevent's SSLSocket works with any SSLContext (gevent's own wrap_socket does this), so a
+        # stdlib context handed in by the user still gives a cooperative socket.
+        tls: Any = gevent.ssl.SSLSocket(
+            sock=sock,
+            server_hostname=self.server_hostname,
+            do_handshake_on_connect=False,
+            _context=self.ssl_context,
+            _session=self.session,
+        )
+        try:  # now the TLS socket owns the descriptor: close it if the handshake fails
+            tls.do_handshake()
+        except BaseException:
+            tls.close()
+            raise
+        self.handshakes += 1
+        if tls.session_reused:
+            self.resumed += 1
+        self.remember_session(tls)
+        wrapped: gevent.socket.socket = tls
+        return wrapped
+
+    def remember_session(self, sock: _stdsocket.socket) -> None:
+        """Keep ``sock``'s TLS session for the next handshake, if it can be resumed.
+
+        Under TLS 1.3 the ticket arrives after the handshake, so this is called again when the
+        socket has been read from (check, release, close).
+        """
+        if not isinstance(sock, _TLS_SOCKETS):
+            return
+        try:
+            session = sock.session
+            if session is None:
+                return
+            if session.has_ticket or (sock.version() != "TLSv1.3" and session.id):
+                self.session = session
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def tls_stats(self) -> TlsStats:
+        """Handshakes done and how many resumed a session."""
+        return TlsStats(handshakes=self.handshakes, resumed=self.resumed)
+
+
+def default_ssl_context(verify: bool = True) -> _stdssl.SSLContext:
+    """``ssl.create_default_context()``, optionally without verification.
+
+    A plain stdlib context is fine: sockets are wrapped by gevent's ``SSLSocket`` whatever the
+    context's class.
+    """
+    ctx = _stdssl.create_default_context()
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = _stdssl.CERT_NONE
+    return ctx
+
+
+def warn_if_unverified(ctx: _stdssl.SSLContext, where: str, name: str) -> None:
+    """Log the one WARNING a pool gives when its TLS does not verify the server."""
+    if ctx.verify_mode == _stdssl.CERT_NONE or not ctx.check_hostname:
+        log.warning(
+            "pool %r: TLS certificate%s verification is OFF for %s; "
+            "anyone on the path can impersonate the server",
+            name,
+            "" if ctx.verify_mode == _stdssl.CERT_NONE else " host name",
+            where,
+        )
+
+
+class _SocketPool(ConnectionPool[S]):
+    """Shared implementation of :class:`TcpPool` and :class:`SslPool`."""
+
+    connector: SocketConnector
+
+    def _new_connection(self) -> S:
+        sock: Any = self.connector.connect(self.connect_timeout)
+        result: S = sock
+        return result
+
+    def _check(self, conn: S) -> bool:
+        return probe_socket(conn)
+
+    def _close_connection(self, conn: S) -> None:
+        self.connector.remember_session(conn)  # TLS 1.3: the ticket came after the handshake
+        conn.close()
+
+
+class TcpPool(_SocketPool[gevent.socket.socket]):
+    """A pool of plain TCP sockets to ``host:port``.
+
+    Keyword options: ``tcp_keepalive`` (OS-level keepalive; with ``tcp_keepalive_idle``,
+    ``tcp_keepalive_interval``, ``tcp_keepalive_count`` in seconds/probes), ``tcp_nodelay``
+    (default True), ``socket_timeout`` (per-operation timeout once connected, default None),
+    ``source_address``; everything else goes to :class:`~geventconnpool.ConnectionPool`.
+    Connects are bounded by the pool's ``connect_timeout``.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        tcp_nodelay: bool = True,
+        tcp_keepalive: bool = False,
+        tcp_keepalive_idle: int | None = None,
+        tcp_keepalive_interval: int | None = None,
+        tcp_keepalive_count: int | None = None,
+        socket_timeout: float | None = None,
+        source_address: tuple[str, int] | None = None,
+        **pool_options: Any,
+    ) -> None:
+        self.connector = SocketConnector(
+            host,
+            port,
+            tcp_nodelay=tcp_nodelay,
+            tcp_keepalive=tcp_keepalive,
+            tcp_keepalive_idle=tcp_keepalive_idle,
+            tcp_keepalive_interval=tcp_keepalive_interval,
+            tcp_keepalive_count=tcp_keepalive_count,
+            socket_timeout=socket_timeout,
+            source_address=source_address,
+        )
+        super().__init__(**pool_options)
+
+
+class SslPool(_SocketPool[_stdssl.SSLSocket]):
+    """A pool of TLS sockets to ``host:port``.
+
+    ``ssl_context`` defaults to ``ssl.create_default_context()``: the certificate and
+    ``server_hostname`` (default: ``host``) are verified. ``verify=False`` turns verification off
+    (only with the default context) and logs a WARNING. Reconnects resume the last TLS session;
+    :meth:`tls_stats` (and the ``handshakes``/``resumed`` attributes) count handshakes.
+    Other keyword options are those of :class:`TcpPool`.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        ssl_context: _stdssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+        *,
+        verify: bool = True,
+        tcp_nodelay: bool = True,
+        tcp_keepalive: bool = False,
+        tcp_keepalive_idle: int | None = None,
+        tcp_keepalive_interval: int | None = None,
+        tcp_keepalive_count: int | None = None,
+        socket_timeout: float | None = None,
+        source_address: tuple[str, int] | None = None,
+        **pool_options: Any,
+    ) -> None:
+        if ssl_context is None:
+            ssl_context = default_ssl_context(verify)
+        elif not verify:
+            raise ValueError(
+                "verify=False only applies to the default context; "
+                "configure verification on the ssl_context you pass"
+            )
+        self.connector = SocketConnector(
+            host,
+            port,
+            ssl_context=ssl_context,
+            server_hostname=server_hostname,
+            tcp_nodelay=tcp_nodelay,
+            tcp_keepalive=tcp_keepalive,
+            tcp_keepalive_idle=tcp_keepalive_idle,
+            tcp_keepalive_interval=tcp_keepalive_interval,
+            tcp_keepalive_count=tcp_keepalive_count,
+            socket_timeout=socket_timeout,
+            source_address=source_address,
+        )
+        super().__init__(**pool_options)
+        warn_if_unverified(ssl_context, self.connector.address, str(self.name))
+
+    def _check(self, conn: _stdssl.SSLSocket) -> bool:
+        if probe_tls_socket(conn):
+            self.connector.remember_session(conn)  # the probe may have read a new ticket
+            return True
+        return False
+
+    @property
+    def handshakes(self) -> int:
+        """TLS handshakes completed by this pool (full and resumed)."""
+        return self.connector.handshakes
+
+    @property
+    def resumed(self) -> int:
+        """TLS handshakes that resumed an earlier session (no full handshake)."""
+        return self.connector.resumed
+
+    def tls_stats(self) -> TlsStats:
+        """Handshake counters, a companion of :meth:`stats`."""
+        return self.connector.tls_stats()

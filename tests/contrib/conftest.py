@@ -1,0 +1,27 @@
+"""Fixtures of the integration tests: real servers from tests/servers.py, and pool cleanup."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from geventconnpool import ConnectionPool
+from tests.servers import (  # noqa: F401  (pytest finds fixtures by name)
+    fresh_redis,
+    line_server,
+    postgres_server,
+    redis_server,
+    tls_ca,
+    tls_server,
+)
+
+
+@pytest.fixture
+def closing() -> Iterator[list[ConnectionPool[Any]]]:
+    """Pools appended here are closed after the test, even when it fails."""
+    made: list[ConnectionPool[Any]] = []
+    yield made
+    for pool in made:
+        pool.close()

@@ -1,0 +1,570 @@
+"""Real servers for the integration tests, all on 127.0.0.1 (or unix sockets) and free ports.
+
+- :class:`RedisServer`: Debian's ``redis-server``, ``--save '' --appendonly no``.
+- :class:`PostgresServer`: ``initdb`` into a temporary directory and ``pg_ctl start``; as the
+  ``postgres`` user (via ``runuser``) when we are root, since PostgreSQL refuses root.
+- :class:`LineServer`: a line protocol (``PING`` -> ``PONG``) over TCP or TLS, counting
+  connections and TLS handshakes (full and resumed).
+- :class:`ThriftServer`: a thriftpy2 service served from gevent greenlets.
+
+The pytest fixtures at the bottom start them and stop them at the end (even when tests fail).
+A missing server binary is a test failure when ``CI=true``, a skip with the install command
+otherwise. Import the fixtures in a conftest (``tests/contrib/conftest.py`` does).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+import gevent
+import gevent.event
+import gevent.server
+import gevent.socket
+import gevent.ssl
+import pytest
+
+CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+INSTALL_COMMAND = (
+    "scripts/ensure-servers  (as root: apt-get update && apt-get install -y "
+    "redis-server postgresql)"
+)
+LOOPBACK = "127.0.0.1"
+
+_running: list[Any] = []  # servers to stop at interpreter exit, should a teardown be skipped
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    for server in list(_running):
+        with contextlib.suppress(Exception):
+            server.stop()
+
+
+def server_missing(what: str) -> NoReturn:
+    """Fail (in CI) or skip (elsewhere) a test whose server is not installed."""
+    message = f"{what} is not installed; run {INSTALL_COMMAND}"
+    if CI:
+        pytest.fail(f"CI=true and {message}", pytrace=False)
+    pytest.skip(message)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``predicate`` until true; only for a server process coming up (no event to wait on)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        gevent.sleep(0.02)
+
+
+# -- Redis ---------------------------------------------------------------------------------------
+
+
+def redis_binary() -> str | None:
+    return shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if os.access("/usr/bin/redis-server", os.X_OK) else None
+    )
+
+
+def resp_command(address: Any, *args: str, timeout: float = 5.0) -> bytes:
+    """Send one command on a fresh connection; return the raw first reply line (admin use)."""
+    family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
+    sock = gevent.socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(address)
+        payload = b"*%d\r\n" % len(args) + b"".join(
+            b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in args
+        )
+        sock.sendall(payload)
+        data = b""
+        while True:
+            if b"\r\n" in data:
+                head = data.split(b"\r\n", 1)[0]
+                if not head.startswith(b"$") or len(data) >= len(head) + 4 + int(head[1:]):
+                    return data
+            chunk = sock.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+    finally:
+        sock.close()
+
+
+class RedisServer:
+    """One ``redis-server`` process on 127.0.0.1 and a unix socket."""
+
+    def __init__(self, binary: str, workdir: str) -> None:
+        self.binary = binary
+        self.workdir = workdir
+        self.port = free_port()
+        self.unix_socket = os.path.join(workdir, "redis.sock")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (LOOPBACK, self.port)
+
+    def start(self) -> None:
+        assert self.proc is None, "already running"
+        log = open(os.path.join(self.workdir, "redis.log"), "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                LOOPBACK,
+                "--unixsocket",
+                self.unix_socket,
+                "--unixsocketperm",
+                "700",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.workdir,
+                "--daemonize",
+                "no",
+                "--protected-mode",
+                "yes",
+                "--logfile",
+                "",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        if self not in _running:
+            _running.append(self)
+        self.starts += 1
+
+        def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited: {self.log_tail()}")
+            try:
+                return resp_command(self.address, "PING", timeout=1.0).startswith(b"+PONG")
+            except OSError:
+                return False
+
+        wait_until(ready, 15.0, f"redis-server on port {self.port}")
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.kill()  # a hard stop, like a crash: no goodbye to the clients
+        proc.wait(timeout=15)
+        if self in _running:
+            _running.remove(self)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def command(self, *args: str) -> bytes:
+        return resp_command(self.address, *args)
+
+    def client_count(self) -> int:
+        info = resp_command(self.address, "INFO", "clients")
+        for line in info.decode(errors="replace").splitlines():
+            if line.startswith("connected_clients:"):
+                return int(line.split(":", 1)[1]) - 1  # minus this admin connection
+        raise RuntimeError(f"no connected_clients in {info!r}")
+
+    def log_tail(self) -> str:
+        try:
+            return Path(self.workdir, "redis.log").read_text(errors="replace")[-2000:]
+        except OSError:
+            return ""
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------------
+
+
+def postgres_bindir() -> str | None:
+    """Directory with initdb and pg_ctl: Debian's newest /usr/lib/postgresql/N/bin, or PATH."""
+
+    def version(path: str) -> float:
+        try:
+            return float(Path(path).parent.name)
+        except ValueError:
+            return 0.0
+
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=version, reverse=True)
+    for bindir in candidates:
+        if os.access(os.path.join(bindir, "initdb"), os.X_OK):
+            return bindir
+    initdb = shutil.which("initdb")
+    return os.path.dirname(initdb) if initdb else None
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 and a unix socket in a temporary directory."""
+
+    user = "postgres"
+    database = "postgres"
+
+    def __init__(self, bindir: str) -> None:
+        self.bindir = bindir
+        self.port = free_port()
+        self.base = tempfile.mkdtemp(prefix="gcp-pg-")
+        self.datadir = os.path.join(self.base, "data")
+        self.logfile = os.path.join(self.base, "server.log")
+        self.as_user: list[str] = []
+        self.running = False
+        if os.geteuid() == 0:  # initdb and postgres refuse to run as root
+            try:
+                pw = pwd.getpwnam("postgres")
+            except KeyError:
+                server_missing("the `postgres` system user (from Debian's postgresql package)")
+            os.chown(self.base, pw.pw_uid, pw.pw_gid)
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        os.chmod(self.base, 0o700)
+
+    @property
+    def socket_dir(self) -> str:
+        return self.base
+
+    @property
+    def dsn(self) -> str:
+        return f"host={LOOPBACK} port={self.port} user={self.user} dbname={self.database}"
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"host": LOOPBACK, "port": self.port, "user": self.user, "database": self.database}
+
+    def _run(self, *argv: str) -> None:
+        result = subprocess.run(
+            [*self.as_user, *argv],
+            cwd=self.base,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=120,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"{' '.join(argv)} failed ({result.returncode}):\n"
+                f"{result.stdout.decode(errors='replace')}\n{self.log_tail()}"
+            )
+
+    def start(self) -> None:
+        bin_ = self.bindir
+        if not os.path.exists(os.path.join(self.datadir, "PG_VERSION")):
+            self._run(
+                f"{bin_}/initdb",
+                "-D",
+                self.datadir,
+                "-U",
+                self.user,
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            )
+        options = (
+            f"-c listen_addresses={LOOPBACK} -p {self.port} -k {self.socket_dir} "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+            "-c max_connections=200 -c shared_buffers=32MB"
+        )
+        self._run(
+            f"{bin_}/pg_ctl",
+            "-D",
+            self.datadir,
+            "-l",
+            self.logfile,
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            options,
+            "start",
+        )
+        self.running = True
+        if self not in _running:
+            _running.append(self)
+
+    def stop(self) -> None:
+        if self.running:
+            self.running = False
+            with contextlib.suppress(Exception):
+                self._run(
+                    f"{self.bindir}/pg_ctl", "-D", self.datadir, "-m", "immediate", "-w", "stop"
+                )
+        if self in _running:
+            _running.remove(self)
+
+    def destroy(self) -> None:
+        self.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def log_tail(self) -> str:
+        try:
+            return Path(self.logfile).read_text(errors="replace")[-3000:]
+        except OSError:
+            return ""
+
+
+# -- a line server over TCP or TLS ---------------------------------------------------------------
+
+
+class LineServer:
+    """``PING\\n`` -> ``PONG\\n``, ``ECHO x\\n`` -> ``x\\n``, ``QUIT\\n`` closes; TCP or TLS.
+
+    Counts ``accepted`` connections, TLS ``handshakes`` and ``resumed`` ones (as the server sees
+    them), and keeps the open ones so a test can close them all (:meth:`close_all`).
+    """
+
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.ssl_context = ssl_context
+        self.accepted = 0
+        self.handshakes = 0
+        self.resumed = 0
+        self.failed_handshakes = 0
+        self.open: set[Any] = set()
+        self.changed = gevent.event.Event()  # set on every accept/handshake/close
+        self.server = gevent.server.StreamServer((LOOPBACK, 0), self._handle)
+        self.server.start()
+        self.port: int = self.server.server_port
+
+    def _notify(self) -> None:
+        self.changed.set()
+        self.changed.clear()
+
+    def _handle(self, sock: Any, address: Any) -> None:
+        self.accepted += 1
+        if self.ssl_context is not None:
+            try:
+                sock = self.ssl_context.wrap_socket(sock, server_side=True)
+            except (OSError, ValueError):
+                self.failed_handshakes += 1
+                self._notify()
+                return
+            self.handshakes += 1
+            self.resumed += bool(sock.session_reused)
+        self.open.add(sock)
+        self._notify()
+        buf = b""
+        try:
+            while True:
+                data = sock.recv(4096)
+                if not data:
+                    break
+                buf += data
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    if line == b"PING":
+                        sock.sendall(b"PONG\n")
+                    elif line.startswith(b"ECHO "):
+                        sock.sendall(line[5:] + b"\n")
+                    elif line == b"QUIT":
+                        return
+                    else:
+                        sock.sendall(b"ERR\n")
+        except OSError:
+            pass
+        finally:
+            self.open.discard(sock)
+            with contextlib.suppress(OSError):
+                sock.close()
+            self._notify()
+
+    def close_all(self) -> None:
+        """Close every open connection from the server side (a FIN, like a server restart)."""
+        for sock in list(self.open):
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Wait (on accept/close events) until ``predicate()`` holds."""
+        with gevent.Timeout(timeout, TimeoutError(f"server state never matched: {predicate}")):
+            while not predicate():
+                self.changed.wait(0.5)
+
+    def stop(self) -> None:
+        self.server.stop(timeout=1)
+        self.close_all()
+
+
+def tls_contexts(ca: Any, hostname: str = LOOPBACK) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server context with a certificate for ``hostname``, client context trusting ``ca``)."""
+    cert = ca.issue_cert(hostname, "localhost")
+    server_ctx = gevent.ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # gevent's: cooperative
+    cert.configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    return server_ctx, client_ctx
+
+
+# -- Thrift --------------------------------------------------------------------------------------
+
+
+class ThriftServer:
+    """Serve a thriftpy2 ``service`` with ``handler`` (binary protocol, buffered or framed
+    transport) from gevent greenlets; an undeclared handler exception becomes a
+    ``TApplicationException(INTERNAL_ERROR)`` reply, as in real servers."""
+
+    def __init__(self, service: Any, handler: Any, *, framed: bool = False, port: int = 0) -> None:
+        from thriftpy2.thrift import TProcessor
+
+        self.service = service
+        self.handler = handler
+        self.framed = framed
+        self.processor = TProcessor(service, handler)
+        self.accepted = 0
+        self.open: set[Any] = set()
+        self.server = gevent.server.StreamServer((LOOPBACK, port), self._handle)
+        self.server.start()
+        self.port: int = self.server.server_port
+
+    def _handle(self, sock: Any, address: Any) -> None:
+        from thriftpy2.protocol import TBinaryProtocol
+        from thriftpy2.thrift import TApplicationException
+        from thriftpy2.transport import TBufferedTransport, TFramedTransport, TSocket
+        from thriftpy2.transport.base import TTransportException
+
+        self.accepted += 1
+        self.open.add(sock)
+        tsock = TSocket(sock=sock)
+        trans = TFramedTransport(tsock) if self.framed else TBufferedTransport(tsock)
+        proto = TBinaryProtocol(trans)
+        try:
+            while True:
+                api, seqid, result, call = self.processor.process_in(proto)
+                if isinstance(result, TApplicationException):
+                    self.processor.send_exception(proto, api, result, seqid)
+                    continue
+                try:
+                    result.success = call()
+                except TApplicationException as exc:
+                    self.processor.send_exception(proto, api, exc, seqid)
+                    continue
+                except Exception as exc:
+                    if not self.processor.handle_exception(exc, result):
+                        self.processor.send_exception(
+                            proto,
+                            api,
+                            TApplicationException(TApplicationException.INTERNAL_ERROR, str(exc)),
+                            seqid,
+                        )
+                        continue
+                if not result.oneway:
+                    self.processor.send_result(proto, api, result, seqid)
+        except (TTransportException, OSError, EOFError):
+            pass
+        finally:
+            self.open.discard(sock)
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def close_all(self) -> None:
+        for sock in list(self.open):
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def stop(self) -> None:
+        self.server.stop(timeout=1)
+        self.close_all()
+
+
+# -- fixtures ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server for the whole session (tests must not restart it: use ``fresh_redis``)."""
+    binary = redis_binary()
+    if binary is None:
+        server_missing("redis-server")
+    server = RedisServer(binary, str(tmp_path_factory.mktemp("redis")))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def fresh_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, which it may stop and restart."""
+    binary = redis_binary()
+    if binary is None:
+        server_missing("redis-server")
+    server = RedisServer(binary, str(tmp_path_factory.mktemp("redis")))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL cluster for the whole session, destroyed at its end."""
+    bindir = postgres_bindir()
+    if bindir is None:
+        server_missing("PostgreSQL (initdb, pg_ctl)")
+    if os.geteuid() == 0 and shutil.which("runuser") is None:
+        server_missing("runuser (util-linux), to run PostgreSQL as `postgres`")
+    server = PostgresServer(bindir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture(scope="session")
+def tls_ca() -> Any:
+    """A trustme CA for the session."""
+    trustme = pytest.importorskip("trustme") if not CI else __import__("trustme")
+    return trustme.CA()
+
+
+@pytest.fixture
+def line_server() -> Iterator[LineServer]:
+    server = LineServer()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def tls_server(tls_ca: Any) -> Iterator[tuple[LineServer, ssl.SSLContext]]:
+    """(a TLS line server with a certificate for 127.0.0.1, a client context trusting it)."""
+    server_ctx, client_ctx = tls_contexts(tls_ca)
+    server = LineServer(server_ctx)
+    try:
+        yield server, client_ctx
+    finally:
+        server.stop()
