@@ -137,7 +137,7 @@ def full_plan() -> dict[str, WorkloadPlan]:
 
 
 def quick_plan() -> dict[str, WorkloadPlan]:
-    """``--quick``: about a minute, for smoke runs; same shapes, fewer rounds, shorter runs."""
+    """``--quick``: about 1.5 minutes (mostly process start-up); same shapes, shorter runs."""
     return {
         "cycle": WorkloadPlan(
             2,
@@ -171,11 +171,11 @@ def quick_plan() -> dict[str, WorkloadPlan]:
                 "callers": 50,
                 "hold_s": 0.002,
                 "connect_s": 0.15,
-                "settle_s": 0.2,
+                "settle_s": 0.1,
             },
             30,
         ),
-        "recovery": WorkloadPlan(1, recovery_params(2.0), 40, {"stop_after": 0.5, "down_s": 0.3}),
+        "recovery": WorkloadPlan(1, recovery_params(1.8), 40, {"stop_after": 0.4, "down_s": 0.3}),
     }
 
 

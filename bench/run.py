@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="auto",
         help="redis-server, the embedded PING server, or redis if installed (default)",
     )
-    p.add_argument("--quick", action="store_true", help="about a minute: fewer, shorter rounds")
+    p.add_argument("--quick", action="store_true", help="about 1.5 minutes: fewer, shorter rounds")
     p.add_argument("--rounds", type=int, help="rounds per workload (overrides the plan)")
     p.add_argument("--impls", help=f"comma-separated subset of: {','.join(IMPL_ORDER)}")
     p.add_argument("--workloads", help=f"comma-separated subset of: {','.join(WORKLOAD_ORDER)}")
