@@ -1,0 +1,1 @@
+"""Helper programs for tests that need more than one process (fork, gunicorn)."""
