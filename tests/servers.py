@@ -69,7 +69,8 @@ def free_port() -> int:
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``predicate`` until true; only for a server process coming up (no event to wait on)."""
+    """Poll ``predicate`` until true: for state that only a query can see (a server coming up,
+    a server-side counter), where there is no event to wait on."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
