@@ -327,6 +327,7 @@ def _wait_listening(address: tuple[str, int], proc: subprocess.Popen[bytes]) -> 
 
 @pytest.mark.slow
 def test_gunicorn_preload_workers_use_only_their_own_connections(tmp_path: Path) -> None:
+    pytest.importorskip("gunicorn")  # in the test extra
     with RemoteServer() as remote:
         _run_gunicorn_and_check(remote, tmp_path)
 
