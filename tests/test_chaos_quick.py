@@ -1,0 +1,48 @@
+"""Quick chaos runs for ``make test``: each scenario for 3 s, and a 20,000-checkout soak.
+
+``python -m tests.chaos`` (``make chaos``) runs the full-length ones and publishes the figures.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from .chaos.backends import find_redis_server, in_ci
+from .chaos.scenarios import FAULTS, ScenarioResult, run_scenario
+from .chaos.soak import run_soak
+
+QUICK_SECONDS = 3.0
+QUICK_CHECKOUTS = 20_000
+
+
+def assert_promises_kept(r: ScenarioResult) -> None:
+    where = f"{r.scenario}/{r.backend}"
+    assert r.hung == 0, f"{where}: {r.hung} requests hung beyond {r.hard_bound}s"
+    assert max(r.peak_open, r.peak_sockets) <= r.max_size, f"{where}: more than max_size open"
+    assert r.fds_end == r.fds_start, f"{where}: fds {r.fds_start} at start, {r.fds_end} at end"
+    assert r.recovery_s is not None, f"{where}: the pool never got back to max_size"
+    assert r.succeeded_after_fault > 0, f"{where}: no request succeeded after the fault"
+    assert r.passed, f"{where}: {r.problems}"
+
+
+@pytest.mark.parametrize("fault", [name for name in FAULTS if name != "baseline"])
+def test_quick_scenario_on_ping_server_never_hangs_overflows_or_leaks(fault: str) -> None:
+    assert_promises_kept(run_scenario(fault, "ping", QUICK_SECONDS, quick=True))
+
+
+@pytest.mark.redis
+def test_quick_restart_of_real_redis_never_hangs_overflows_or_leaks() -> None:
+    if find_redis_server() is None:
+        if in_ci():
+            pytest.fail("redis-server is not installed (CI=true): run `make servers`")
+        pytest.skip("redis-server is not installed")
+    assert_promises_kept(run_scenario("restart", "redis", QUICK_SECONDS, quick=True))
+
+
+def test_quick_soak_counters_add_up_and_nothing_leaks() -> None:
+    r = run_soak(QUICK_CHECKOUTS, max_seconds=60.0, workers=100, every=0.2)
+    broken = [i for i in r.identities if not i["holds"]]
+    assert not broken, f"counters do not add up: {broken}"
+    assert r.fds_end == r.fds_start
+    assert r.checkouts >= QUICK_CHECKOUTS
+    assert r.passed, r.problems
