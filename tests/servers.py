@@ -115,10 +115,26 @@ def resp_command(address: Any, *args: str, timeout: float = 5.0) -> bytes:
 class RedisServer:
     """One ``redis-server`` process on 127.0.0.1 and a unix socket."""
 
-    def __init__(self, binary: str, workdir: str) -> None:
+    def __init__(self, binary: str, workdir: str, tls_ca: Any = None) -> None:
         self.binary = binary
         self.workdir = workdir
         self.port = free_port()
+        self.tls_port: int | None = None
+        self.tls_args: list[str] = []
+        if tls_ca is not None:  # a TLS port too (certificate from trustme); the plain one stays
+            self.tls_port = free_port()
+            cert = tls_ca.issue_cert(LOOPBACK, "localhost")
+            files = {name: os.path.join(workdir, name) for name in ("cert", "key", "ca")}
+            cert.cert_chain_pems[0].write_to_path(files["cert"])
+            cert.private_key_pem.write_to_path(files["key"])
+            tls_ca.cert_pem.write_to_path(files["ca"])
+            self.tls_args = [
+                "--tls-port", str(self.tls_port),
+                "--tls-cert-file", files["cert"],
+                "--tls-key-file", files["key"],
+                "--tls-ca-cert-file", files["ca"],
+                "--tls-auth-clients", "no",
+            ]  # fmt: skip
         self.unix_socket = os.path.join(workdir, "redis.sock")
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -130,30 +146,22 @@ class RedisServer:
     def start(self) -> None:
         assert self.proc is None, "already running"
         log = open(os.path.join(self.workdir, "redis.log"), "ab")  # noqa: SIM115
+        args = [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", LOOPBACK,
+            "--unixsocket", self.unix_socket,
+            "--unixsocketperm", "700",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", self.workdir,
+            "--daemonize", "no",
+            "--protected-mode", "yes",
+            "--logfile", "",
+            *self.tls_args,
+        ]  # fmt: skip
         self.proc = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                LOOPBACK,
-                "--unixsocket",
-                self.unix_socket,
-                "--unixsocketperm",
-                "700",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.workdir,
-                "--daemonize",
-                "no",
-                "--protected-mode",
-                "yes",
-                "--logfile",
-                "",
-            ],
+            args,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -521,6 +529,20 @@ def fresh_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServe
     if binary is None:
         server_missing("redis-server")
     server = RedisServer(binary, str(tmp_path_factory.mktemp("redis")))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def tls_redis(tmp_path_factory: pytest.TempPathFactory, tls_ca: Any) -> Iterator[RedisServer]:
+    """A redis-server with a TLS port (``tls_port``) whose certificate ``tls_ca`` signed."""
+    binary = redis_binary()
+    if binary is None:
+        server_missing("redis-server")
+    server = RedisServer(binary, str(tmp_path_factory.mktemp("redis-tls")), tls_ca=tls_ca)
     server.start()
     try:
         yield server

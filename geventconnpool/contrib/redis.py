@@ -22,7 +22,13 @@ import gevent.socket
 
 from ..errors import PoolError
 from ..pool import ConnectionPool
-from .tcp import SocketConnector, default_ssl_context, probe_socket, warn_if_unverified
+from .tcp import (
+    SocketConnector,
+    TlsStats,
+    default_ssl_context,
+    probe_socket,
+    warn_if_unverified,
+)
 
 __all__ = [
     "ProtocolError",
@@ -217,6 +223,10 @@ class RedisPool(ConnectionPool[RedisConnection]):
         super().__init__(**pool_options)
         if ssl_context is not None:
             warn_if_unverified(ssl_context, self.connector.address, str(self.name))
+
+    def tls_stats(self) -> TlsStats:
+        """TLS handshakes done and how many resumed a session (zeros without TLS)."""
+        return self.connector.tls_stats()
 
     def _new_connection(self) -> RedisConnection:
         return RedisConnection(self.connector.connect(self.connect_timeout))

@@ -35,7 +35,13 @@ from thriftpy2.transport import (
 from .. import _backoff
 from ..errors import PoolError
 from ..pool import ConnectionPool
-from .tcp import SocketConnector, default_ssl_context, probe_socket, warn_if_unverified
+from .tcp import (
+    SocketConnector,
+    TlsStats,
+    default_ssl_context,
+    probe_socket,
+    warn_if_unverified,
+)
 
 __all__ = ["CONNECTION_ERRORS", "PooledClient", "ThriftPool", "ThriftProxy"]
 
@@ -134,6 +140,10 @@ class ThriftPool(ConnectionPool[PooledClient]):
         super().__init__(**pool_options)
         if ssl_context is not None:
             warn_if_unverified(ssl_context, self.connector.address, str(self.name))
+
+    def tls_stats(self) -> TlsStats:
+        """TLS handshakes done and how many resumed a session (zeros without TLS)."""
+        return self.connector.tls_stats()
 
     def _new_connection(self) -> PooledClient:
         sock = self.connector.connect(self.connect_timeout)

@@ -14,6 +14,7 @@ from tests.servers import (  # noqa: F401  (pytest finds fixtures by name)
     postgres_server,
     redis_server,
     tls_ca,
+    tls_redis,
     tls_server,
 )
 

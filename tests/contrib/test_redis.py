@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import ssl
 from typing import Any
 
 import gevent
@@ -262,3 +263,31 @@ def test_garbage_from_the_server_is_a_connection_error() -> None:
     finally:
         conn.close()
         server.stop(timeout=0)
+
+
+def test_tls_to_a_real_redis_verifies_and_resumes(
+    tls_redis: RedisServer, tls_ca: Any, closing: list[Any]
+) -> None:
+    assert tls_redis.tls_port is not None
+    untrusted = RedisPool(
+        LOOPBACK, tls_redis.tls_port, tls=True, size=1, fail_fast=True, fail_fast_after=1
+    )
+    closing.append(untrusted)
+    with pytest.raises(PoolUnavailable) as info, untrusted.get(timeout=5):
+        pass
+    assert isinstance(info.value.__cause__, ssl.SSLCertVerificationError)
+
+    ctx = ssl.create_default_context()
+    tls_ca.configure_trust(ctx)
+    pool = RedisPool(LOOPBACK, tls_redis.tls_port, ssl_context=ctx, size=1, check_idle_after=0)
+    closing.append(pool)
+    with pool.get() as conn:
+        assert conn.execute("PING") == "PONG"
+        assert conn.sock.version() in ("TLSv1.2", "TLSv1.3")
+    for _ in range(2):
+        pool.invalidate()
+        with pool.get() as conn:  # check_idle_after=0: the TLS-aware probe ran, then PING
+            assert conn.execute("ECHO", "over tls") == b"over tls"
+            assert conn.sock.session_reused
+    assert pool.tls_stats().resumed == 2
+    assert pool.stats().discarded.check == 0
