@@ -103,7 +103,7 @@ def _redis_version() -> str:
 
 # -- formatting ---------------------------------------------------------------------------------
 def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}"
+    return "n/a" if value is None else f"{value:.0f}"
 
 
 def _recovery(r: ScenarioResult) -> str:
@@ -112,7 +112,7 @@ def _recovery(r: ScenarioResult) -> str:
 
 def _window(r: ScenarioResult) -> str:
     if r.scenario == "baseline":
-        return "-"
+        return "none"
     if r.fault_end == r.fault_start:
         return f"at {r.fault_start:g}"
     return f"{r.fault_start:g} to {r.fault_end:g}"

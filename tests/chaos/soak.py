@@ -126,23 +126,28 @@ def _worker(run: _Run) -> None:
         roll = rnd()
         run.inflight += 1
         try:
-            if roll < 0.01:  # an outer Timeout that may land anywhere in the checkout
-                outer = gevent.Timeout(rnd() * 0.002)
-                outer.start()
-                try:
-                    _checkout(run, pool, fail=False)
-                except gevent.Timeout as t:
-                    if t is not outer:
-                        raise
-                    run.outcomes["outer Timeout"] += 1
-                finally:
-                    outer.close()
+            if roll < 0.01:
+                _checkout_under_timeout(run, pool, rnd() * 0.002)
             else:
                 _checkout(run, pool, fail=roll < 0.015)
         except Exception as e:
             run.outcomes[type(e).__name__] += 1
         finally:
             run.inflight -= 1
+
+
+def _checkout_under_timeout(run: _Run, pool: ChaosPool, seconds: float) -> None:
+    """A checkout under an outer Timeout that may land anywhere in it (waiting, in use...)."""
+    outer = gevent.Timeout(seconds)
+    outer.start()
+    try:
+        _checkout(run, pool, fail=False)
+    except gevent.Timeout as t:
+        if t is not outer:
+            raise
+        run.outcomes["outer Timeout"] += 1
+    finally:
+        outer.close()
 
 
 def _checkout(run: _Run, pool: ChaosPool, fail: bool) -> None:
