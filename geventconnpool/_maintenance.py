@@ -56,14 +56,11 @@ class Scheduler:
         if not self._event.is_set():
             self._event.set()
 
-    def stop(self) -> None:
-        """Stop the scheduler and any keepalive in flight (their connections are discarded)."""
-        me = getcurrent()
-        if self._greenlet is not None and self._greenlet is not me:
+    def stop(self) -> list[gevent.Greenlet[Any, None]]:
+        """Stop the scheduler; return the keepalives in flight, for the caller to kill."""
+        if self._greenlet is not None and self._greenlet is not getcurrent():
             self._greenlet.kill(block=False)
-        pingers = [g for g in self.pingers if g is not me]
-        if pingers:
-            gevent.killall(pingers, block=True)
+        return list(self.pingers)
 
 
 def _run(ref: weakref.ref[ConnectionPool[Any]], event: Event, sched: Scheduler) -> None:

@@ -7,6 +7,7 @@ import os
 import traceback
 from typing import Any, Generic, TypeVar
 
+import gevent
 from gevent.hub import Waiter as HubWaiter
 from greenlet import getcurrent, greenlet
 
@@ -67,7 +68,7 @@ class Attempt:
         self.generation = generation
         self.pid = os.getpid()
         self.started_at = now
-        self.greenlet: greenlet | None = None
+        self.greenlet: gevent.Greenlet[Any, Any] | None = None
 
 
 class Waiter(Generic[C]):

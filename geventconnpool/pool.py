@@ -53,9 +53,11 @@ from .stats import ConnectionInfo, Counters, Discarded, PoolDump, PoolStats, Wai
 __all__ = ["DEFAULT_EXC_CLASSES", "ConnectionPool", "retry"]
 
 C = TypeVar("C")
+_P = TypeVar("_P", bound="ConnectionPool[Any]")
 _UNSET: Any = object()  # "not given": the class attribute of the same name applies
 _pool_numbers = itertools.count(1)
 _monotonic = time.monotonic
+_getpid = os.getpid  # the fallback fork check: forks that skip Python's at-fork hooks
 _INF = float("inf")
 
 
@@ -77,7 +79,7 @@ class _Checkout(Generic[C]):
         if self._rec is not None:
             raise RuntimeError("this get() context is already entered; call pool.get() again")
         pool = self._pool
-        if pool._idle and pool._fast_get:
+        if pool._idle and pool._fast_get and pool._pid == _getpid():
             rec = pool._pop()
             pool._in_use.add(rec)
             now = _monotonic()
@@ -131,15 +133,9 @@ class _Checkout(Generic[C]):
             return
         pool._release(rec, exc, now)
 
-
-class _TrackedCheckout(_Checkout[C]):
-    """With ``leak_timeout`` set: a context garbage-collected while still entered is reported."""
-
-    __slots__ = ()
-
     def __del__(self) -> None:
         rec = self._rec
-        if rec is not None:
+        if rec is not None:  # entered, never exited, and now garbage: report, give the slot back
             self._rec = None
             self._pool._reclaim_leaked(rec)
 
@@ -215,7 +211,8 @@ class ConnectionPool(Generic[C]):
         self._waiters: OrderedDict[_Waiter[C], None] = OrderedDict()  # oldest first
         self._closed = False
         self._generation = 0  # bumped by invalidate(): older connections are not handed out
-        self._failures = 0  # consecutive failed connects
+        self._failures = 0  # consecutive failed rounds of connects
+        self._failed_at = -_INF  # when the last counted failure was booked
         self._last_error: BaseException | None = None  # the last connect error
         self._next_attempt_at = 0.0  # no connect starts before (backoff)
         self._next_fill_at = 0.0  # the next min_size fill connect starts no earlier (staggered)
@@ -223,6 +220,7 @@ class ConnectionPool(Generic[C]):
         self._pid = os.getpid()
         self._ready: list[Event] = []  # wait_ready() callers
         self._drained: Event | None = None  # set when in_use empties after close()
+        self._closer: gevent.Greenlet[Any, None] | None = None  # runs close()'s waiting part
         self._counters = Counters()
         # ---
 
@@ -356,8 +354,6 @@ class ConnectionPool(Generic[C]):
             timeout = self.timeout
         elif timeout is not None:
             timeout = check_seconds("timeout", timeout)
-        if self.leak_timeout is not None:
-            return _TrackedCheckout(self, timeout)
         return _Checkout(self, timeout)
 
     @property
@@ -378,11 +374,15 @@ class ConnectionPool(Generic[C]):
         """
         timeout = check_seconds("timeout", timeout)
         if not self._closed:
-            self._shut_down()
-        if timeout is not None and self._in_use:
-            self._wait_drained(timeout)
+            self._mark_closed()
+        # The work that switches greenlets runs in its own greenlet: if this caller is
+        # interrupted (a Timeout, a kill), the closing still completes.
+        closer = self._closer
+        if closer is None or closer.dead:
+            self._closer = closer = gevent.spawn(self._finish_close, timeout)
+        closer.join()
 
-    def __enter__(self) -> ConnectionPool[C]:
+    def __enter__(self: _P) -> _P:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -500,9 +500,9 @@ class ConnectionPool(Generic[C]):
     # ------------------------------------------------------------------ get() and release
     def _acquire_slow(self, timeout: float | None, start: float, rec: _Conn[C] | None) -> _Conn[C]:
         """Wait, check and replace under one deadline (a single gevent Timeout, never re-armed)."""
-        if self._pid != _fork.PID[0]:
+        if self._pid != _getpid():
             self._after_fork()
-        timer = _start_timer(timeout) if timeout else None
+        timer = None if timeout is None else _start_timer(timeout)
         again = False  # a greenlet whose connection failed its check keeps its place in line
         try:
             while True:
@@ -566,27 +566,27 @@ class ConnectionPool(Generic[C]):
     def _vet(self, rec: _Conn[C]) -> bool:
         """Decide whether ``rec`` may be handed out, discarding it if not. May do I/O."""
         now = _monotonic()
+        reason = None
         if rec.generation != self._generation:
-            self._discard(rec, "invalidated")
-            return False
-        if now >= rec.expires_at:
-            self._discard(rec, "lifetime")
-            return False
-        try:
-            if now >= rec.fresh_until and not self._passes_check(rec, now):
-                self._discard(rec, "check")
-                return False
-            if self._hooks_acquire and self._on_acquire(rec.conn) is False:
-                self._discard(rec, "check")
-                return False
-        except Exception:
-            self._log.debug("checkout check failed on connection #%d", rec.id, exc_info=True)
-            self._discard(rec, "check")
-            return False
-        except BaseException:
-            self._discard(rec, "interrupted")
-            raise
-        return True
+            reason = "invalidated"
+        elif now >= rec.expires_at and rec.uses:  # a brand-new one is always used once
+            reason = "lifetime"
+        else:
+            try:
+                stale = now >= rec.fresh_until and not self._passes_check(rec, now)
+                refused = not stale and self._hooks_acquire and self._on_acquire(rec.conn) is False
+                if stale or refused:
+                    reason = "check"
+            except Exception:
+                self._log.debug("checkout check failed on connection #%d", rec.id, exc_info=True)
+                reason = "check"
+            except BaseException:
+                self._discard(rec, "interrupted")
+                raise
+        if reason is None:
+            return True
+        self._discard(rec, reason)
+        return False
 
     def _passes_check(self, rec: _Conn[C], now: float) -> bool:
         """Run ``_check`` if the connection sat idle too long or is suspect."""
@@ -637,7 +637,7 @@ class ConnectionPool(Generic[C]):
             broken = True
         if not broken:
             return None
-        self._mark_suspects(rec)
+        self._mark_suspects()
         return "error"
 
     def _run_on_release(self, rec: _Conn[C]) -> str | None:
@@ -686,7 +686,7 @@ class ConnectionPool(Generic[C]):
 
     def _update_flags(self) -> None:
         """Recompute whether get() and release may take their inlined common path."""
-        plain = not self._closed and self._pid == _fork.PID[0] and self.leak_timeout is None
+        plain = not self._closed and self._pid == _getpid() and self.leak_timeout is None
         self._fast_get = plain and not self._hooks_acquire
         self._fast_release = plain and not self._hooks_release and self._open_count() <= self._max
 
@@ -783,15 +783,17 @@ class ConnectionPool(Generic[C]):
         else:
             self._idle.append(rec)
 
-    def _mark_suspects(self, failed: _Conn[C]) -> None:
-        """A disconnect on ``failed``: check every older connection before its next hand-out."""
+    def _mark_suspects(self) -> None:
+        """A disconnect: check every connection open now before its next hand-out.
+
+        A server restart breaks them all at once; checking them costs callers one error, not
+        one per pooled connection.
+        """
         for rec in self._idle:
-            if rec.created_at <= failed.created_at:
-                rec.suspect = True
-                rec.fresh_until = 0.0
+            rec.suspect = True
+            rec.fresh_until = 0.0
         for rec in self._in_use:
-            if rec.created_at <= failed.created_at:
-                rec.suspect = True
+            rec.suspect = True
 
     def _plan_connects(self, now: float) -> int:
         """How many connects to start now: for waiters at once, for min_size one at a time."""
@@ -810,10 +812,12 @@ class ConnectionPool(Generic[C]):
     def _attempt_done(self, attempt: _Attempt, conn: C | None, error: BaseException | None) -> str:
         """Book the end of a connect; returns what to do with ``conn``: keep, discard or forget."""
         self._connecting.pop(attempt, None)
-        if attempt.pid != _fork.PID[0]:
+        if attempt.pid != _getpid():
             return "forget"
         if error is not None:
-            self._failures += 1
+            if attempt.started_at >= self._failed_at:  # attempts of one round count once
+                self._failures += 1
+                self._failed_at = _monotonic()
             self._last_error = error
             self._counters.connect_failures += 1
             wait = backoff_delay(self._failures, self._reconnect_delay, self.reconnect_max_delay)
@@ -846,6 +850,9 @@ class ConnectionPool(Generic[C]):
             conn = self._new_connection()
             if conn is None:
                 raise PoolError("_new_connection() returned None")
+            if attempt.pid != _getpid():  # the process forked while this connect was in flight
+                self._abandon(attempt, conn)
+                return
             self._on_connect(conn)
         except gevent.Timeout as t:
             if t is not timer:
@@ -930,12 +937,16 @@ class ConnectionPool(Generic[C]):
                 self._fail_waiters(self._unavailable_error)
 
     def _abandon(self, attempt: _Attempt, conn: C | None) -> None:
+        """A connect attempt died of an interrupt: free its slot and plan its replacement."""
         self._connecting.pop(attempt, None)
         if conn is not None:
-            if attempt.pid == _fork.PID[0]:
+            if attempt.pid == _getpid():
                 self._close_quietly(conn)
             else:
                 self._forget_connection(conn)
+        if not self._closed and attempt.pid == _getpid():
+            self._refill()
+            self._maint.wake()
 
     # ------------------------------------------------------------------ discarding, closing
     def _discard(self, rec: _Conn[C], reason: str, *, in_idle: bool = False) -> None:
@@ -963,24 +974,29 @@ class ConnectionPool(Generic[C]):
         except Exception:
             self._log.exception("_on_discard(%r) raised", reason)
 
-    def _shut_down(self) -> None:
+    def _mark_closed(self) -> None:
+        """The part of close() that cannot switch: no new get(), waiters get PoolClosed."""
         self._closed = True
         self._update_flags()
         self._fail_waiters(lambda: PoolClosed(self._closed_message()))
         for event in self._ready:
             event.set()
-        self._maint.stop()
         _fork.unregister(self)
-        idle = list(self._idle)
-        self._idle.clear()
-        for rec in idle:
-            self._discard(rec, "closed", in_idle=True)
-        attempts = [a.greenlet for a in self._connecting if a.greenlet is not None]
-        attempts = [g for g in attempts if g is not getcurrent()]
-        if attempts:
-            gevent.killall(attempts, block=True)
-        self._connecting.clear()  # attempts killed before they started never book their end
         self._log.debug("pool %r closed", self.name)
+
+    def _finish_close(self, timeout: float | None) -> None:
+        """Close idle connections, stop background greenlets, wait for in-use ones (timeout)."""
+        while self._idle:  # one at a time: if interrupted, the rest stay for the next close()
+            self._discard(self._idle.popleft(), "closed", in_idle=True)
+        me = getcurrent()
+        busy = [a.greenlet for a in self._connecting if a.greenlet is not None]
+        busy += self._maint.stop()
+        busy = [g for g in busy if g is not me and not g.dead]
+        if busy:
+            gevent.killall(busy, block=True)
+        self._connecting.clear()  # attempts killed before they started never book their end
+        if timeout is not None and self._in_use:
+            self._wait_drained(timeout)
 
     def _wait_drained(self, timeout: float) -> None:
         self._drained = Event()
@@ -998,9 +1014,14 @@ class ConnectionPool(Generic[C]):
     # ------------------------------------------------------------------ fork
     def _after_fork(self) -> None:
         """In a forked child: forget the parent's connections, restart maintenance, refill."""
-        if self._pid == _fork.PID[0]:
+        pid = _getpid()
+        if self._pid == pid:
             return
-        self._pid = _fork.PID[0]
+        self._pid = _fork.PID[0] = pid
+        stale = [a.greenlet for a in self._connecting if a.greenlet is not None]
+        stale += self._maint.pingers
+        for g in stale:  # copies of the parent's greenlets, on the parent's sockets
+            g.kill(block=False)
         self._generation += 1  # records of the parent's connections no longer match
         self._update_flags()
         inherited = [rec.conn for rec in self._idle] + [rec.conn for rec in self._in_use]

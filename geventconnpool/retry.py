@@ -94,12 +94,22 @@ def retry(
         raise ValueError(f"backoff must be a number >= 1, got {backoff!r}")
     if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter <= 1:
         raise ValueError(f"jitter must be a number in [0, 1], got {jitter!r}")
+    for arg, level in (
+        ("retry_log_level", retry_log_level),
+        ("max_failure_log_level", max_failure_log_level),
+    ):
+        if isinstance(level, bool) or not isinstance(level, int):
+            raise TypeError(f"{arg} must be a logging level (an int such as logging.INFO)")
     for arg, value in (
         ("retry_log_message", retry_log_message),
         ("max_failure_log_message", max_failure_log_message),
     ):
         if not isinstance(value, str):
             raise TypeError(f"{arg} must be a str format with {{func}} and {{err}}, not {value!r}")
+        try:
+            value.format(func="f", err="e")
+        except (ValueError, KeyError, IndexError) as e:
+            raise ValueError(f"{arg} is not a valid format string ({e}): {value!r}") from None
     ceiling = cap if cap is not None else float("inf")
 
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:

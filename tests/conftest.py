@@ -1,4 +1,4 @@
-"""Shared fixtures: real servers on loopback, pools over them, and sync points that wait on state."""
+"""Shared fixtures: real servers on loopback, pools over them, sync points that wait on state."""
 
 from __future__ import annotations
 
@@ -97,9 +97,7 @@ def pools() -> Iterator[list[ConnectionPool[Any]]]:
 
 
 @pytest.fixture
-def make_pool(
-    server: PingServer, pools: list[ConnectionPool[Any]]
-) -> Callable[..., SocketPool]:
+def make_pool(server: PingServer, pools: list[ConnectionPool[Any]]) -> Callable[..., SocketPool]:
     """``make_pool(size, **options)``: a SocketPool to the PING server (or ``address=``)."""
 
     def make(*args: Any, address: tuple[str, int] | None = None, **kwargs: Any) -> SocketPool:

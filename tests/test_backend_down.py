@@ -45,11 +45,6 @@ def test_try_get_ends_at_once_while_backend_is_unreachable(case: Case) -> None:
 BLACKHOLE_CHECKED = next(c for c in CASES if c.name == "blackhole_checked")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: get(timeout=0) starts no deadline at all, so a _check() (or _on_acquire()) "
-    "that does I/O runs unbounded: on a black-holed connection a try-get never returns",
-)
 def test_try_get_with_io_check_ends_at_once_on_blackholed_connection() -> None:
     r = run_case(BLACKHOLE_CHECKED, 0.0, 1, 0, hang=1.0)
     assert not r.hung, r.problems

@@ -51,7 +51,7 @@ CONSTRUCTOR_OPTIONS = [
     "leak_timeout",
     "max_connecting",
 ]
-# retry_log_level and max_failure_log_level are pinned by the xfail test at the end.
+# retry_log_level and max_failure_log_level are checked by a test at the end.
 RETRY_ARGS = [
     "exc_classes",
     "retry_log_message",
@@ -274,12 +274,6 @@ def test_retry_argument_is_rejected_at_decoration_or_works(argument: str, value:
 
 
 # -- what the strategies found -------------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (validation gap): max_lifetime shorter than a connect is accepted, but every "
-    "connection has expired by its first checkout, so every get() times out while the pool "
-    "opens and discards connections in a loop; reject such values (or hand a new connection out)",
-)
 def test_max_lifetime_shorter_than_a_connect_is_rejected_or_still_hands_out_connections(
     pools: list[ConnectionPool[Any]],
 ) -> None:
@@ -295,14 +289,6 @@ def test_max_lifetime_shorter_than_a_connect_is_rejected_or_still_hands_out_conn
         pytest.fail(f"max_lifetime=1e-6 was accepted but no connection can be had: {e}")
 
 
-LOG_LEVEL_BUG = (
-    "BUG: @retry accepts any retry_log_level / max_failure_log_level (e.g. a str or None) and "
-    "only logging rejects it, with a TypeError raised from inside the retry loop at the first "
-    "failure, instead of the decorator rejecting it at once"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=LOG_LEVEL_BUG)
 @pytest.mark.parametrize("argument", ["retry_log_level", "max_failure_log_level"])
 def test_retry_log_level_of_wrong_type_is_rejected_at_decoration(argument: str) -> None:
     with pytest.raises(TypeError, match=argument):

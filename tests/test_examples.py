@@ -277,13 +277,6 @@ with MyPool(1) as pool:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: ConnectionPool.__enter__ is annotated `-> ConnectionPool[C]`, so "
-    "`with MyPool(...) as pool:` types `pool` as the base class and mypy rejects the "
-    "subclass's own attributes (examples/keepalive_ping.py had to avoid it); it should return "
-    "the self type (a TypeVar bound to ConnectionPool[Any], or typing_extensions.Self)",
-)
 def test_with_pool_keeps_the_subclass_type_for_type_checkers() -> None:
     from mypy import api
 

@@ -235,12 +235,6 @@ class GatedPool(NamedSocketPool):
         return sock
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _after_fork() drops the inherited connect attempts from _connecting but leaves "
-    "their greenlets alive in the child; one resumes there and runs _on_connect on the parent's "
-    "socket (the server sees the child's CLIENT SETNAME on the parent's connection)",
-)
 def test_connect_in_flight_at_fork_is_not_finished_by_the_child(
     named_pools: Any, remote: RemoteServer
 ) -> None:
@@ -274,11 +268,6 @@ def _libc_fork() -> int:
     return pid
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the pid fallback compares with _fork.PID, which only the at-fork hook updates; "
-    "a fork that skips Python's at-fork hooks hands the parent's connections to the child",
-)
 def test_pid_check_catches_a_fork_without_at_fork_hooks(
     named_pools: Any, remote: RemoteServer
 ) -> None:

@@ -728,30 +728,7 @@ def sweep(op: Op, kind: str, mode: str, server: PingServer) -> int:
 
 
 # -- the tests ----------------------------------------------------------------------------------
-BUG_CLOSE_INTERRUPTED = (
-    "BUG: close() interrupted at a switch (waiting for keepalive pings or connects to be killed, "
-    "or for in-use connections) leaves idle connections open and connects running, and a second "
-    "close() does nothing since the pool is already marked closed"
-)
-BUG_DOUBLE_DISCARD = (
-    "BUG: an interrupt while _close_connection() of a connection that failed its checkout check "
-    "runs makes _vet() discard it a second time: closed twice, counted as 'check' and "
-    "'interrupted', so discarded.total exceeds created"
-)
-KNOWN_BUGS = {
-    ("close", "timeout", "wake"): BUG_CLOSE_INTERRUPTED,
-    ("close", "kill", "wake"): BUG_CLOSE_INTERRUPTED,
-    ("close", "timeout", "park"): BUG_CLOSE_INTERRUPTED,
-    ("close", "kill", "park"): BUG_CLOSE_INTERRUPTED,
-    ("close_expired", "timeout", "wake"): BUG_CLOSE_INTERRUPTED,
-    ("close_expired", "kill", "wake"): BUG_CLOSE_INTERRUPTED,
-    ("close_expired", "timeout", "park"): BUG_CLOSE_INTERRUPTED,
-    ("close_expired", "kill", "park"): BUG_CLOSE_INTERRUPTED,
-    ("discard_check", "timeout", "wake"): BUG_DOUBLE_DISCARD,
-    ("discard_check", "kill", "wake"): BUG_DOUBLE_DISCARD,
-    ("discard_check", "timeout", "park"): BUG_DOUBLE_DISCARD,
-    ("discard_check", "kill", "park"): BUG_DOUBLE_DISCARD,
-}
+KNOWN_BUGS: dict[tuple[str, str, str], str] = {}  # (op, kind, mode) -> an open bug
 
 
 def _cases() -> list[Any]:
@@ -792,7 +769,6 @@ class SlowStopPingPool(FakePool):
             raise
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_CLOSE_INTERRUPTED)
 def test_close_interrupted_then_called_again_closes_every_connection(
     pools: list[ConnectionPool[Any]],
 ) -> None:
@@ -822,7 +798,6 @@ class SlowGoodbyePool(FakePool):
         conn.close()
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_DOUBLE_DISCARD)
 def test_interrupt_while_closing_a_connection_that_failed_its_check_discards_it_once(
     pools: list[ConnectionPool[Any]],
 ) -> None:
@@ -837,14 +812,6 @@ def test_interrupt_while_closing_a_connection_that_failed_its_check_discards_it_
     assert stats.created == stats.idle + stats.in_use + stats.discarded.total
 
 
-BUG_ABANDONED_CONNECT = (
-    "BUG (latency only): a connect attempt that dies of an interrupt (a kill, a foreign Timeout) "
-    "is not replaced until the maintenance scheduler's next tick, up to 1 s later, while a "
-    "greenlet waits for it: _abandon() neither calls _refill() nor wakes the scheduler"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=BUG_ABANDONED_CONNECT)
 def test_killed_connect_attempt_is_replaced_at_once(pools: list[ConnectionPool[Any]]) -> None:
     pool = FakePool(min_size=0, max_size=1)
     pools.append(pool)

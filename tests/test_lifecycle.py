@@ -164,9 +164,9 @@ def test_a_new_caller_cannot_barge_ahead_of_a_waiter(make_fake: MakeFake) -> Non
 def test_pool_wide_timeout_and_per_call_override(make_fake: MakeFake) -> None:
     pool = make_fake(1, timeout=0.02)
     with pool.get():
-        with pytest.raises(PoolTimeout, match="0.02"), pool.get():
+        with pytest.raises(PoolTimeout, match=r"0\.02"), pool.get():
             pass
-        with pytest.raises(PoolTimeout, match="0.05"), pool.get(timeout=0.05):
+        with pytest.raises(PoolTimeout, match=r"0\.05"), pool.get(timeout=0.05):
             pass
 
 
@@ -487,9 +487,7 @@ def test_repr_shows_state_in_one_line(make_fake: MakeFake) -> None:
     pool = make_fake(2, name="pool-x")
     pool.wait_ready(5)
     with pool.get():
-        assert repr(pool) == (
-            "<FakePool 'pool-x' open=2 idle=1 in_use=1 connecting=0 waiting=0>"
-        )
+        assert repr(pool) == ("<FakePool 'pool-x' open=2 idle=1 in_use=1 connecting=0 waiting=0>")
 
 
 def test_default_names_are_unique(make_fake: MakeFake) -> None:

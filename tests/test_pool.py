@@ -1,4 +1,4 @@
-"""The core behaviour: hand-out, discard and replace, failed connects, timeouts, keepalive, close."""
+"""Core behaviour: hand-out, discard and replace, failed connects, timeouts, keepalive, close."""
 
 from __future__ import annotations
 

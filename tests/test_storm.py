@@ -137,12 +137,6 @@ def test_a_bad_query_makes_nobody_suspect(make_counting: MakeCounting) -> None:
     assert pool.checks == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a disconnect only marks connections created no later than the failed one; with "
-    "lifo=False the first to fail is the oldest, so the nine newer dead ones are handed out "
-    "unchecked (10 errors)",
-)
 def test_fifo_pool_restart_costs_one_error(make_counting: MakeCounting, server: PingServer) -> None:
     pool = make_counting(10, lifo=False)
     pool.wait_ready(5)
@@ -150,12 +144,6 @@ def test_fifo_pool_restart_costs_one_error(make_counting: MakeCounting, server: 
     assert _requests(pool, 10) <= 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a disconnect only marks connections created no later than the failed one; after "
-    "concurrent use the warmest idle connection need not be the newest, and the newer ones are "
-    "handed out unchecked after the restart",
-)
 def test_restart_after_concurrent_use_costs_one_error(
     make_counting: MakeCounting, server: PingServer
 ) -> None:

@@ -210,12 +210,6 @@ def test_server_restart_mid_run_with_retry(fresh_redis: RedisServer, closing: li
     wait_until(lambda: pool.stats().idle == 5, 10, "a full pool again")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core: a disconnect marks as suspect only the idle connections created before the "
-    "failed one (ConnectionPool._mark_suspects), so with LIFO the oldest fails first and the "
-    "other dead ones are handed out unchecked: one error per connection",
-)
 def test_server_restart_costs_sequential_callers_at_most_one_error(
     fresh_redis: RedisServer, closing: list[Any]
 ) -> None:
