@@ -29,10 +29,12 @@ test: $(STAMP) servers
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test,bench]'
+	$(PY) -m bench.prepare
 	$(PY) -m bench
 
 bench-quick: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test,bench]'
+	$(PY) -m bench.prepare
 	$(PY) -m bench --quick
 
 chaos: $(STAMP) servers
