@@ -818,6 +818,8 @@ class ConnectionPool(Generic[C]):
             if attempt.started_at >= self._failed_at:  # attempts of one round count once
                 self._failures += 1
                 self._failed_at = _monotonic()
+            if error.__traceback__ is not None:  # keep where it failed, not the frames' locals
+                traceback.clear_frames(error.__traceback__)
             self._last_error = error
             self._counters.connect_failures += 1
             wait = backoff_delay(self._failures, self._reconnect_delay, self.reconnect_max_delay)
@@ -873,6 +875,7 @@ class ConnectionPool(Generic[C]):
 
     def _connected(self, attempt: _Attempt, conn: C | None, error: BaseException | None) -> None:
         now = _monotonic()
+        attempt.greenlet = None  # no cycle between the record and its finished greenlet
         outcome = self._attempt_done(attempt, conn, error)
         if outcome == "failed":
             self._connect_failed(error)
@@ -939,6 +942,7 @@ class ConnectionPool(Generic[C]):
     def _abandon(self, attempt: _Attempt, conn: C | None) -> None:
         """A connect attempt died of an interrupt: free its slot and plan its replacement."""
         self._connecting.pop(attempt, None)
+        attempt.greenlet = None
         if conn is not None:
             if attempt.pid == _getpid():
                 self._close_quietly(conn)
