@@ -229,7 +229,6 @@ class ConnectionPool(Generic[C]):
         cls = type(self)
         self._hooks_acquire = cls._on_acquire is not ConnectionPool._on_acquire
         self._hooks_release = cls._on_release is not ConnectionPool._on_release
-        self._hooks_disconnect = cls._is_disconnect is not ConnectionPool._is_disconnect
         self._pop = self._idle.pop if self.lifo else self._idle.popleft
         self._check_after = _INF if self.check_idle_after is None else self.check_idle_after
         self._fast_get = self._fast_release = False  # see _update_flags()
