@@ -18,8 +18,6 @@ class _ForkAware(Protocol):
     def _after_fork(self) -> None: ...
 
 
-#: This process's pid, updated in a forked child before anything else runs there.
-PID = [os.getpid()]
 _pools: weakref.WeakSet[Any] = weakref.WeakSet()
 #: Inherited connection objects kept alive for ever, so that their finalisers never run in the
 #: child (they would close descriptors whose numbers may by then belong to something else, or
@@ -55,7 +53,6 @@ def forget(conn: object) -> None:
 
 
 def _after_fork_in_child() -> None:
-    PID[0] = os.getpid()
     hub = get_hub()
     for pool in list(_pools):
         pool._fast_get = pool._fast_release = False  # until _after_fork runs: no parent conn

@@ -1020,7 +1020,7 @@ class ConnectionPool(Generic[C]):
         pid = _getpid()
         if self._pid == pid:
             return
-        self._pid = _fork.PID[0] = pid
+        self._pid = pid
         stale = [a.greenlet for a in self._connecting if a.greenlet is not None]
         stale += self._maint.pingers
         for g in stale:  # copies of the parent's greenlets, on the parent's sockets
