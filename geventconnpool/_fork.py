@@ -12,10 +12,8 @@ from gevent.hub import get_hub
 
 
 class _ForkAware(Protocol):
-    _fast_get: bool
-    _fast_release: bool
-
-    def _after_fork(self) -> None: ...
+    def _forked(self) -> None: ...
+    def _after_fork_io(self) -> None: ...
 
 
 _pools: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -55,8 +53,8 @@ def forget(conn: object) -> None:
 def _after_fork_in_child() -> None:
     hub = get_hub()
     for pool in list(_pools):
-        pool._fast_get = pool._fast_release = False  # until _after_fork runs: no parent conn
-        hub.loop.run_callback(pool._after_fork)
+        pool._forked()  # at once: nothing of the parent's is used from here on
+        hub.loop.run_callback(pool._after_fork_io)  # the rest when the loop runs
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

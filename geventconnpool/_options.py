@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
+
+from .errors import DEFAULT_EXC_CLASSES
 
 #: Longest duration any option accepts (about 31 years); larger values overflow gevent's timers.
 MAX_SECONDS = 1e9
@@ -79,3 +82,77 @@ def check_exc_classes(name: str, value: Any) -> tuple[type[BaseException], ...]:
         if not (isinstance(cls, type) and issubclass(cls, BaseException)):
             raise TypeError(f"{name} must contain exception classes only, got {cls!r}")
     return classes
+
+
+# ---------------------------------------------------------------------- the options table
+Checker = Callable[[str, Any], Any]
+
+
+def _seconds(*, optional: bool = True, allow_zero: bool = True) -> Checker:
+    return lambda name, v: check_seconds(name, v, optional=optional, allow_zero=allow_zero)
+
+
+def _int(minimum: int, *, optional: bool = False) -> Checker:
+    return lambda name, v: check_int(name, v, minimum, optional=optional)
+
+
+def _name(name: str, value: Any) -> str | None:
+    return check_name(value)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One pool option: its default, how a value is checked, whether it may change live."""
+
+    name: str
+    default: Any
+    check: Checker
+    live: bool  # may be assigned on a pool that exists (read at each use); else AttributeError
+
+
+#: Every option of ``ConnectionPool``: the constructor's keyword arguments, the class attributes
+#: that change their defaults, and README's options table all follow this table.
+OPTIONS: tuple[Option, ...] = (
+    Option("exc_classes", DEFAULT_EXC_CLASSES, check_exc_classes, True),
+    Option("keepalive", None, _seconds(allow_zero=False), False),
+    Option("min_size", None, _int(0, optional=True), True),
+    Option("max_size", None, _int(1, optional=True), True),
+    Option("name", None, _name, False),
+    Option("timeout", None, _seconds(), True),
+    Option("max_waiting", None, _int(0, optional=True), True),
+    Option("connect_timeout", 30.0, _seconds(allow_zero=False), True),
+    Option("reconnect_delay", None, _seconds(), True),
+    Option("reconnect_max_delay", 30.0, _seconds(optional=False), True),
+    Option("fail_fast", False, check_bool, True),
+    Option("fail_fast_after", 3, _int(1), True),
+    Option("max_lifetime", None, _seconds(allow_zero=False), False),
+    Option("lifetime_jitter", 0.05, check_fraction, False),
+    Option("check_idle_after", 1.0, _seconds(), True),
+    Option("keepalive_jitter", 0.1, check_fraction, False),
+    Option("max_idle", 600.0, _seconds(allow_zero=False), True),
+    Option("lifo", True, check_bool, False),
+    Option("leak_timeout", None, _seconds(allow_zero=False), False),
+    Option("max_connecting", 2, _int(1), True),
+    Option("fair_after", 0.03, _seconds(), True),
+)
+BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
+
+
+def check_sizes(size: Any, min_size: Any, max_size: Any) -> tuple[int, int]:
+    """``size`` means min_size == max_size == size, unless they are given too."""
+    size = check_int("size", size, 1, optional=True)
+    hi = check_int("max_size", max_size, 1, optional=True)
+    lo = check_int("min_size", min_size, 0, optional=True)
+    if size is not None and hi is not None and size > hi:
+        raise ValueError(f"size ({size}) must not exceed max_size ({hi}); pass one of them")
+    if hi is None:
+        hi = size if size is not None else lo
+    if hi is None:
+        raise TypeError("size (or max_size) is required: ConnectionPool(10) keeps 10 open")
+    if hi == 0:
+        raise ValueError("max_size is required with min_size=0: the pool could never connect")
+    if lo is None:
+        lo = size if size is not None else hi
+    if lo > hi:
+        raise ValueError(f"min_size ({lo}) must not exceed max_size ({hi})")
+    return lo, hi

@@ -1,9 +1,9 @@
 """ConnectionPool: keeps live connections and hands one to a greenlet for a ``with`` block.
 
-The whole state is a handful of fields of :class:`ConnectionPool` (see ``__init__``); the few
-methods under "State changes" are the only ones that change it, and none of them switches
-greenlets. The I/O (connecting, checking, closing) happens around them, in the caller's greenlet or
-in short-lived ones; timed work (refill, keepalive, expiry) is in :mod:`._maintenance`.
+The pool's bookkeeping is :class:`._state.PoolState`, which decides; this module acts: it holds
+the options and the hooks, offers the public API, and applies what the state decides (wakes
+waiters, spawns connects and pings, closes connections, runs hooks, logs) in :meth:`_apply`.
+ARCHITECTURE.md draws the layers and the flow of a ``get()``.
 """
 
 from __future__ import annotations
@@ -11,11 +11,8 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import random
 import time
 import traceback
-from collections import OrderedDict, deque
-from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -24,21 +21,13 @@ from gevent.event import Event
 from gevent.hub import get_hub
 from greenlet import getcurrent
 
-from . import _fork, _maintenance
-from ._backoff import delay as backoff_delay
+from . import _connector, _fork
 from ._log import RateLimitedLog, pool_logger
-from ._options import (
-    check_bool,
-    check_exc_classes,
-    check_fraction,
-    check_int,
-    check_name,
-    check_seconds,
-)
-from ._records import Attempt as _Attempt
-from ._records import Conn as _Conn
-from ._records import Waiter as _Waiter
-from ._records import describe as _describe
+from ._maintenance import Scheduler
+from ._options import BY_NAME, OPTIONS, check_seconds, check_sizes
+from ._probe import socket_is_quiet
+from ._records import Attempt, Conn, Waiter, describe, greenlet_label
+from ._state import HANDOFF, SLOW, Marker, Plan, Policy, PoolState
 from .errors import (
     DEFAULT_EXC_CLASSES,
     PoolClosed,
@@ -48,7 +37,7 @@ from .errors import (
     PoolUnavailable,
 )
 from .retry import retry
-from .stats import ConnectionInfo, Counters, Discarded, PoolDump, PoolStats, WaiterInfo
+from .stats import ConnectionInfo, Discarded, PoolDump, PoolStats, WaiterInfo
 
 __all__ = ["DEFAULT_EXC_CLASSES", "ConnectionPool", "retry"]
 
@@ -57,15 +46,14 @@ _P = TypeVar("_P", bound="ConnectionPool[Any]")
 _UNSET: Any = object()  # "not given": the class attribute of the same name applies
 _pool_numbers = itertools.count(1)
 _monotonic = time.monotonic
-_getpid = os.getpid  # the fallback fork check: forks that skip Python's at-fork hooks
-_INF = float("inf")
+_getpid = os.getpid  # forks that skip Python's at-fork hooks (uWSGI) are caught by comparing it
 
 
 class _Checkout(Generic[C]):
     """The context manager returned by ``get()``: acquires on enter, releases on exit.
 
-    The common case (an idle connection that needs no check, returned cleanly) is inlined here;
-    everything else goes through the pool's slow paths.
+    The common case is two calls into the state (``take``, ``put_back``); anything else goes
+    through the pool's slow paths.
     """
 
     __slots__ = ("_pool", "_rec", "_timeout")
@@ -73,26 +61,19 @@ class _Checkout(Generic[C]):
     def __init__(self, pool: ConnectionPool[C], timeout: float | None) -> None:
         self._pool = pool
         self._timeout = timeout
-        self._rec: _Conn[C] | None = None
+        self._rec: Conn[C] | None = None
 
     def __enter__(self) -> C:
         if self._rec is not None:
             raise RuntimeError("this get() context is already entered; call pool.get() again")
         pool = self._pool
-        if pool._idle and pool._fast_get and pool._pid == _getpid():
-            rec = pool._pop()
-            pool._in_use.add(rec)
-            now = _monotonic()
-            if now < rec.fresh_until:
-                rec.holder = getcurrent()
-                rec.acquired_at = now
-                rec.uses += 1
-                pool._counters.acquired += 1
-                self._rec = rec
-                return rec.conn
-            rec = pool._acquire_slow(self._timeout, now, rec)
+        state = pool._state
+        now = _monotonic()
+        rec = state.take(now) if state.pid == _getpid() else None
+        if rec is None:
+            rec = pool._acquire_slow(self._timeout, now)
         else:
-            rec = pool._acquire_slow(self._timeout, _monotonic(), None)
+            rec.holder = getcurrent()
         self._rec = rec
         return rec.conn
 
@@ -108,29 +89,13 @@ class _Checkout(Generic[C]):
         self._rec = None
         pool = self._pool
         now = _monotonic()
-        if (
-            exc_type is None
-            and pool._fast_release
-            and now < rec.expires_at
-            and rec.generation == pool._generation
-        ):
-            c = pool._counters
-            c.use_seconds += now - rec.acquired_at
-            c.returned += 1
-            rec.holder = None
-            rec.last_used = rec.last_ping = now
-            fresh = now + pool._check_after
-            if rec.suspect:
-                fresh = 0.0
-            elif fresh > rec.expires_at:
-                fresh = rec.expires_at
-            rec.fresh_until = fresh
-            if pool._waiters:
-                pool._give_back(rec)
-            else:
-                pool._in_use.discard(rec)
-                pool._idle.append(rec)
-            return
+        if exc_type is None:
+            todo = pool._state.put_back(rec, now)
+            if todo is None:
+                return
+            if todo is not SLOW:
+                pool._after_put_back(todo)
+                return
         pool._release(rec, exc, now)
 
     def __del__(self) -> None:
@@ -144,33 +109,36 @@ class ConnectionPool(Generic[C]):
     """A pool of connections for gevent; subclass it and implement :meth:`_new_connection`.
 
     ``ConnectionPool(size)`` keeps ``size`` connections open, as in 0.2.1; every other option is a
-    keyword argument, and its default may be changed by a class attribute of the same name.
+    keyword argument, and its default may be changed by a class attribute of the same name (see
+    ``_options.OPTIONS``, README's options table).
     """
 
     #: Seconds between starting connection i and i+1 when filling the pool (0.2.1's name).
     SPAWN_FREQUENCY: float = 0.1
 
-    # Option defaults; a subclass may override any of them. See README.rst's options table.
-    exc_classes: tuple[type[BaseException], ...] = DEFAULT_EXC_CLASSES
-    keepalive: float | None = None
-    min_size: int | None = None
-    max_size: int | None = None
-    name: str | None = None
-    timeout: float | None = None
-    max_waiting: int | None = None
-    connect_timeout: float | None = 30.0
-    reconnect_delay: float | None = None  # None: SPAWN_FREQUENCY
-    reconnect_max_delay: float = 30.0
-    fail_fast: bool = False
-    fail_fast_after: int = 3
-    max_lifetime: float | None = None
-    lifetime_jitter: float = 0.05
-    check_idle_after: float | None = 1.0
-    keepalive_jitter: float = 0.1
-    max_idle: float | None = 600.0
-    lifo: bool = True
-    leak_timeout: float | None = None
-    max_connecting: int = 2
+    # Options (defaults from _options.OPTIONS, set below the class); read back as these types.
+    size: int
+    min_size: int
+    max_size: int
+    name: str
+    exc_classes: tuple[type[BaseException], ...]
+    keepalive: float | None
+    timeout: float | None
+    max_waiting: int | None
+    connect_timeout: float | None
+    reconnect_delay: float | None
+    reconnect_max_delay: float
+    fail_fast: bool
+    fail_fast_after: int
+    max_lifetime: float | None
+    lifetime_jitter: float
+    check_idle_after: float | None
+    keepalive_jitter: float
+    max_idle: float | None
+    lifo: bool
+    leak_timeout: float | None
+    max_connecting: int
+    fair_after: float
 
     def __init__(
         self,
@@ -196,94 +164,96 @@ class ConnectionPool(Generic[C]):
         lifo: bool = _UNSET,
         leak_timeout: float | None = _UNSET,
         max_connecting: int = _UNSET,
+        fair_after: float = _UNSET,
+        open: bool = True,
     ) -> None:
-        given = dict(locals())
-        for key in ("self", "size", "__class__"):
-            given.pop(key, None)
-        opts = {k: (getattr(type(self), k) if v is _UNSET else v) for k, v in given.items()}
-        self._configure(size, opts)  # validates everything before any state or greenlet exists
-
-        # --- The state. Only the methods under "State changes" modify these fields. ---
-        self._idle: deque[_Conn[C]] = deque()  # open, not in use; the right end is the warmest
-        self._in_use: set[_Conn[C]] = set()  # handed to a caller, or being pinged by keepalive
-        self._pinging = 0  # of _in_use, held by keepalive
-        self._connecting: dict[_Attempt, None] = {}  # connects in flight (slots reserved)
-        self._waiters: OrderedDict[_Waiter[C], None] = OrderedDict()  # oldest first
-        self._closed = False
-        self._generation = 0  # bumped by invalidate(): older connections are not handed out
-        self._failures = 0  # consecutive failed rounds of connects
-        self._failed_at = -_INF  # when the last counted failure was booked
-        self._last_error: BaseException | None = None  # the last connect error
-        self._next_attempt_at = 0.0  # no connect starts before (backoff)
-        self._next_fill_at = 0.0  # the next min_size fill connect starts no earlier (staggered)
-        self._down = False  # the backend is considered down (fail_fast_after failures)
-        self._pid = os.getpid()
-        self._ready: list[Event] = []  # wait_ready() callers
-        self._drained: Event | None = None  # set when in_use empties after close()
-        self._closer: gevent.Greenlet[Any, None] | None = None  # runs close()'s waiting part
-        self._counters = Counters()
-        # ---
-
-        self._log = pool_logger(self._label)
+        given = {k: v for k, v in locals().items() if k in BY_NAME and v is not _UNSET}
+        self._configure(size, given)  # validates everything before any state or greenlet exists
+        if not isinstance(open, bool):
+            raise TypeError(f"open must be True or False, not {type(open).__name__}")
+        self._log = pool_logger(self.name)
         self._limited_log = RateLimitedLog(self._log)
+        self._state: PoolState[C] = PoolState(self.min_size, self.max_size, self._policy(), 0)
+        self._state.pid = _getpid()
         cls = type(self)
-        self._hooks_acquire = cls._on_acquire is not ConnectionPool._on_acquire
-        self._hooks_release = cls._on_release is not ConnectionPool._on_release
-        self._pop = self._idle.pop if self.lifo else self._idle.popleft
-        self._check_after = _INF if self.check_idle_after is None else self.check_idle_after
-        self._fast_get = self._fast_release = False  # see _update_flags()
-        self._update_flags()
-        self._maint = _maintenance.Scheduler(self)
-        _fork.register(self)
-        self._maint.start()
+        self._has_on_acquire = cls._on_acquire is not ConnectionPool._on_acquire
+        self._has_on_release = cls._on_release is not ConnectionPool._on_release
+        leaks = self.leak_timeout is not None  # stack capture on take, a log line on return
+        self._state.set_hooks(self._has_on_acquire or leaks, self._has_on_release or leaks)
+        self._loop = get_hub().loop  # a pool belongs to one hub (one thread)
+        self._busy: set[gevent.Greenlet[Any, Any]] = set()  # connect and ping greenlets
+        self._ready: list[Event] = []  # wait_ready() callers
+        self._drained: Event | None = None  # set when nothing is held any more after close()
+        self._closer: gevent.Greenlet[Any, None] | None = None  # runs close()'s waiting part
+        self._maint = Scheduler(self)
+        self._inherited: list[Conn[C]] = []  # after a fork: the parent's, to forget
+        self._stale: list[gevent.Greenlet[Any, Any]] = []  # after a fork: the parent's, to kill
+        if open:
+            self.open()
 
-    def _configure(self, size: Any, o: dict[str, Any]) -> None:
-        """Validate and set every option; raises before the pool has any state."""
-        if size is not None:
-            check_int("size", size, 1)
-        self.exc_classes = check_exc_classes("exc_classes", o["exc_classes"])
-        self.keepalive = check_seconds("keepalive", o["keepalive"], allow_zero=False)
-        self._label: str = check_name(o["name"]) or f"pool-{next(_pool_numbers)}"
-        self.name = self._label
-        self.timeout = check_seconds("timeout", o["timeout"])
-        self.max_waiting = check_int("max_waiting", o["max_waiting"], 0, optional=True)
-        self.connect_timeout = check_seconds(
-            "connect_timeout", o["connect_timeout"], allow_zero=False
+    def _configure(self, size: Any, given: dict[str, Any]) -> None:
+        """Validate and set every option (argument, else class attribute) before any state."""
+        cls = type(self)
+        for opt in OPTIONS:
+            value = given[opt.name] if opt.name in given else getattr(cls, opt.name, opt.default)
+            object.__setattr__(self, opt.name, opt.check(opt.name, value))
+        if size is None and getattr(cls, "size", None) is not None:
+            size = cls.size  # a subclass's `size = 10`
+        lo, hi = check_sizes(size, self.min_size, self.max_size)
+        object.__setattr__(self, "min_size", lo)
+        object.__setattr__(self, "max_size", hi)
+        object.__setattr__(self, "size", hi)
+        if self.name is None:
+            object.__setattr__(self, "name", self._default_name())
+        check_seconds("SPAWN_FREQUENCY", self.SPAWN_FREQUENCY, optional=False)
+        if self.keepalive is not None and cls._keepalive is ConnectionPool._keepalive:
+            raise TypeError(
+                f"keepalive={self.keepalive} needs a _keepalive(conn) method: implement it in "
+                f"{cls.__name__}, or leave keepalive=None"
+            )
+
+    def _default_name(self) -> str:
+        """The pool's name when none is given; ready-made pools derive it from their address."""
+        return f"pool-{next(_pool_numbers)}"
+
+    def _policy(self) -> Policy:
+        """The options the state applies, as the state wants them."""
+        reconnect = self.reconnect_delay
+        return Policy(
+            check_after=float("inf") if self.check_idle_after is None else self.check_idle_after,
+            fail_fast=self.fail_fast,
+            fail_fast_after=self.fail_fast_after,
+            fair_after=self.fair_after,
+            keepalive=self.keepalive,
+            keepalive_jitter=self.keepalive_jitter,
+            leak_timeout=self.leak_timeout,
+            lifetime_jitter=self.lifetime_jitter,
+            lifo=self.lifo,
+            max_connecting=self.max_connecting,
+            max_idle=self.max_idle,
+            max_lifetime=self.max_lifetime,
+            max_waiting=self.max_waiting,
+            reconnect_delay=self.SPAWN_FREQUENCY if reconnect is None else reconnect,
+            reconnect_max_delay=self.reconnect_max_delay,
+            spawn_frequency=self.SPAWN_FREQUENCY,
         )
-        spawn = check_seconds("SPAWN_FREQUENCY", self.SPAWN_FREQUENCY, optional=False)
-        reconnect = check_seconds("reconnect_delay", o["reconnect_delay"])
-        self._reconnect_delay: float = spawn if reconnect is None else reconnect  # type: ignore[assignment]
-        self.reconnect_delay = self._reconnect_delay
-        cap = check_seconds("reconnect_max_delay", o["reconnect_max_delay"], optional=False)
-        assert cap is not None
-        self.reconnect_max_delay = cap
-        self.fail_fast = check_bool("fail_fast", o["fail_fast"])
-        self.fail_fast_after = check_int("fail_fast_after", o["fail_fast_after"], 1) or 1
-        self.max_lifetime = check_seconds("max_lifetime", o["max_lifetime"], allow_zero=False)
-        self.lifetime_jitter = check_fraction("lifetime_jitter", o["lifetime_jitter"])
-        self.check_idle_after = check_seconds("check_idle_after", o["check_idle_after"])
-        self.keepalive_jitter = check_fraction("keepalive_jitter", o["keepalive_jitter"])
-        self.max_idle = check_seconds("max_idle", o["max_idle"], allow_zero=False)
-        self.lifo = check_bool("lifo", o["lifo"])
-        self.leak_timeout = check_seconds("leak_timeout", o["leak_timeout"], allow_zero=False)
-        self.max_connecting = check_int("max_connecting", o["max_connecting"], 1) or 1
-        self._min, self._max = self._check_sizes(size, o["min_size"], o["max_size"])
-        self.min_size, self.max_size = self._min, self._max
 
-    @staticmethod
-    def _check_sizes(size: int | None, min_size: Any, max_size: Any) -> tuple[int, int]:
-        """``size`` means min_size == max_size == size, unless they are given too."""
-        hi = check_int("max_size", max_size, 1, optional=True)
-        lo = check_int("min_size", min_size, 0, optional=True)
-        if hi is None:
-            hi = size if size is not None else lo
-        if hi is None:
-            raise TypeError("size (or max_size) is required: ConnectionPool(10) keeps 10 open")
-        if lo is None:
-            lo = size if size is not None and size <= hi else hi
-        if lo > hi:
-            raise ValueError(f"min_size ({lo}) must not exceed max_size ({hi})")
-        return lo, hi
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Options assigned on a pool: sizes resize it, live ones apply, others are refused."""
+        opt = BY_NAME.get(name) if name != "size" else BY_NAME["max_size"]
+        if opt is None or "_state" not in self.__dict__:
+            object.__setattr__(self, name, value)
+        elif name in ("size", "min_size", "max_size"):
+            sizes = {"min_size": value, "max_size": value} if name == "size" else {name: value}
+            self.resize(**sizes)
+        elif opt.live:
+            object.__setattr__(self, name, opt.check(name, value))
+            self._state.configure(self._policy())
+        else:
+            raise AttributeError(
+                f"{name} cannot be changed on a pool that exists; pass {name}= to the "
+                f"constructor or set it as a class attribute of {type(self).__name__}"
+            )
 
     # ------------------------------------------------------------------ hooks
     def _new_connection(self) -> C:
@@ -294,9 +264,7 @@ class ConnectionPool(Generic[C]):
 
     def _keepalive(self, conn: C) -> None:
         """Application-level keepalive (a PING); raise one of ``exc_classes`` if it is broken."""
-        raise NotImplementedError(
-            f"{type(self).__name__} sets keepalive= but does not implement _keepalive(conn)"
-        )
+        raise NotImplementedError(f"{type(self).__name__} does not implement _keepalive(conn)")
 
     def _check(self, conn: C) -> bool:
         """Checkout check for a connection idle longer than ``check_idle_after``.
@@ -306,9 +274,7 @@ class ConnectionPool(Generic[C]):
         and is dead; nothing is read from it. Return False or raise to discard the connection.
         """
         fileno = getattr(conn, "fileno", None)
-        if fileno is None:
-            return True
-        return _maintenance.socket_is_quiet(fileno())
+        return True if fileno is None else socket_is_quiet(fileno())
 
     def _close_connection(self, conn: C) -> None:
         """Close a connection the pool discards; the default calls ``conn.close()`` if it exists."""
@@ -355,15 +321,27 @@ class ConnectionPool(Generic[C]):
             timeout = check_seconds("timeout", timeout)
         return _Checkout(self, timeout)
 
-    @property
-    def size(self) -> int:
-        """The most connections the pool keeps (``max_size``); 0.2.1's ``size``."""
-        return self._max
+    def open(self) -> None:
+        """Start connecting (the constructor does it unless ``open=False``); idempotent.
+
+        With ``open=False`` the pool does nothing until ``open()``, ``get()`` or
+        ``wait_ready()`` in the process that uses it: create pools at import time under
+        ``gunicorn --preload`` and the master process never connects.
+        """
+        self._check_fork()
+        state = self._state
+        if state.closed:
+            raise PoolClosed(self._closed_message())
+        if state.opened:
+            return
+        _fork.register(self)
+        self._maint.start()
+        self._apply(state.open(_monotonic()))
 
     @property
     def closed(self) -> bool:
         """True once close() was called."""
-        return self._closed
+        return self._state.closed
 
     def close(self, timeout: float | None = None) -> None:
         """Close the pool: waiters and later get()s get PoolClosed, idle connections close now.
@@ -372,13 +350,16 @@ class ConnectionPool(Generic[C]):
         long for them, then closes the ones still out. Idempotent.
         """
         timeout = check_seconds("timeout", timeout)
-        if not self._closed:
-            self._mark_closed()
+        self._check_fork()
+        plan = self._state.close(_monotonic())
+        _fork.unregister(self)
         # The work that switches greenlets runs in its own greenlet: if this caller is
         # interrupted (a Timeout, a kill), the closing still completes.
         closer = self._closer
         if closer is None or closer.dead:
-            self._closer = closer = gevent.spawn(self._finish_close, timeout)
+            self._closer = closer = gevent.spawn(self._finish_close, plan, timeout)
+        else:
+            self._apply(plan)
         closer.join()
 
     def __enter__(self: _P) -> _P:
@@ -389,23 +370,17 @@ class ConnectionPool(Generic[C]):
 
     def resize(self, min_size: int | None = None, max_size: int | None = None) -> None:
         """Change min_size and/or max_size at run time; surplus idle connections close now."""
-        lo = check_int("min_size", min_size, 0, optional=True)
-        hi = check_int("max_size", max_size, 1, optional=True)
-        lo = self._min if lo is None else lo
-        hi = self._max if hi is None else hi
-        if lo > hi:
-            raise ValueError(f"min_size ({lo}) must not exceed max_size ({hi})")
-        if self._closed:
+        state = self._state
+        lo, hi = check_sizes(
+            None,
+            state.min if min_size is None else min_size,
+            state.max if max_size is None else max_size,
+        )
+        if state.closed:
             raise PoolClosed(self._closed_message())
-        self._min, self._max = lo, hi
-        self.min_size, self.max_size = lo, hi
-        self._update_flags()
-        surplus = []
-        while self._idle and self._open_count() > hi:
-            surplus.append(self._idle.popleft())
-        for rec in surplus:
-            self._discard(rec, "idle", in_idle=True)
-        self._refill()
+        for key, value in (("min_size", lo), ("max_size", hi), ("size", hi)):
+            object.__setattr__(self, key, value)
+        self._apply(state.resize(lo, hi, _monotonic()))
 
     def wait_ready(self, timeout: float | None = None) -> None:
         """Block until ``min_size`` connections are open (a startup check).
@@ -413,22 +388,23 @@ class ConnectionPool(Generic[C]):
         Raises PoolTimeout, chained to the last connect error, if that takes longer than timeout.
         """
         timeout = check_seconds("timeout", timeout)
-        if self._closed:
-            raise PoolClosed(self._closed_message())
-        if self._is_ready():
+        self.open()
+        state = self._state
+        if state.ready():
             return
         event = Event()
         self._ready.append(event)
         try:
             if not event.wait(timeout):
+                open_now = state.open_count - len(state.connecting)
                 raise PoolTimeout(
-                    f"pool {self.name!r}: {self._ready_count()} of min_size={self._min} "
+                    f"pool {self.name!r}: {open_now} of min_size={state.min} "
                     f"connections open after {timeout}s ({self._state_text()})"
-                ) from self._last_error
+                ) from state.last_error
         finally:
             if event in self._ready:
                 self._ready.remove(event)
-        if self._closed:
+        if state.closed:
             raise PoolClosed(self._closed_message())
 
     def invalidate(self) -> None:
@@ -436,29 +412,28 @@ class ConnectionPool(Generic[C]):
 
         Connects already in flight are discarded on arrival. For failover and credential rotation.
         """
-        self._generation += 1
-        stale = list(self._idle)
-        self._idle.clear()
-        for rec in stale:
-            self._discard(rec, "invalidated", in_idle=True)
-        self._log.info("pool %r invalidated: %d idle connection(s) closed", self.name, len(stale))
-        self._refill()
+        plan = self._state.invalidate(_monotonic())
+        self._log.info(
+            "pool %r invalidated: %d idle connection(s) closed", self.name, len(plan.close)
+        )
+        self._apply(plan)
 
     def stats(self) -> PoolStats:
         """An immutable snapshot of the pool's state and counters, in O(1)."""
-        c = self._counters
+        s = self._state
+        c = s.counters
         return PoolStats(
-            name=self._label,
-            open=self._open_count(),
-            idle=len(self._idle),
-            in_use=len(self._in_use),
-            connecting=len(self._connecting),
-            waiting=len(self._waiters),
-            min_size=self._min,
-            max_size=self._max,
-            available=not self._down,
-            closed=self._closed,
-            checking=self._pinging,
+            name=self.name,
+            open=s.open_count,
+            idle=len(s.idle),
+            in_use=len(s.held) + len(s.pinging),
+            connecting=len(s.connecting),
+            waiting=s.waiting,
+            min_size=s.min,
+            max_size=s.max,
+            available=not s.down,
+            closed=s.closed,
+            checking=len(s.pinging),
             acquired=c.acquired,
             created=c.created,
             connect_failures=c.connect_failures,
@@ -476,43 +451,44 @@ class ConnectionPool(Generic[C]):
     def dump(self) -> PoolDump:
         """Every connection and waiter with its state and times; ``print(pool.dump())``."""
         now = _monotonic()
-        conns = [_describe(rec, "idle", now) for rec in reversed(self._idle)]
-        conns += [
-            _describe(rec, "in_use" if rec.holder is not None else "keepalive", now)
-            for rec in self._in_use
-        ]
+        s = self._state
+        conns = [describe(rec, "idle", now) for rec in reversed(s.idle)]
+        conns += [describe(rec, "in_use", now) for rec in s.held]
+        conns += [describe(rec, "keepalive", now) for rec in s.pinging]
         conns += [
             ConnectionInfo(id=0, state="connecting", age=now - a.started_at, idle_for=None, uses=0)
-            for a in self._connecting
+            for a in s.connecting
         ]
-        waiters = [WaiterInfo(repr(w.greenlet), now - w.since) for w in self._waiters]
+        waiters = [
+            WaiterInfo(greenlet_label(w.greenlet) or "?", now - w.since)
+            for w in s.waiters
+            if not w.gone
+        ]
         return PoolDump(self.stats(), tuple(conns), tuple(waiters))
 
     def __repr__(self) -> str:
-        closed = " closed" if self._closed else ""
+        closed = " closed" if self._state.closed else ""
+        s = self._state
         return (
-            f"<{type(self).__name__} {self.name!r}{closed} open={self._open_count()} "
-            f"idle={len(self._idle)} in_use={len(self._in_use)} "
-            f"connecting={len(self._connecting)} waiting={len(self._waiters)}>"
+            f"<{type(self).__name__} {self.name!r}{closed} open={s.open_count} "
+            f"idle={len(s.idle)} in_use={len(s.held) + len(s.pinging)} "
+            f"connecting={len(s.connecting)} waiting={s.waiting}>"
         )
 
     # ------------------------------------------------------------------ get() and release
-    def _acquire_slow(self, timeout: float | None, start: float, rec: _Conn[C] | None) -> _Conn[C]:
+    def _acquire_slow(self, timeout: float | None, start: float) -> Conn[C]:
         """Wait, check and replace under one deadline (a single gevent Timeout, never re-armed)."""
-        if self._pid != _getpid():
-            self._after_fork()
-        timer = None if timeout is None else _start_timer(timeout)
+        self._check_fork()
+        if not self._state.opened and not self._state.closed:
+            self.open()
+        timer = None if timeout is None else _connector.start_timer(timeout)
         again = False  # a greenlet whose connection failed its check keeps its place in line
         try:
             while True:
-                if rec is None:
-                    rec = self._take_or_wait(timeout, start, again)
-                now = _monotonic()
-                fresh = now < rec.fresh_until and rec.generation == self._generation
-                if (fresh and not self._hooks_acquire) or self._vet(rec):
-                    self._hand_out(rec, now, start)
-                    return rec
-                rec, again = None, True
+                rec = self._take_or_wait(timeout, start, again)
+                if self._vet(rec):
+                    return self._hand_out(rec, start)
+                again = True
         except gevent.Timeout as t:
             if timer is None or t is not timer:
                 raise
@@ -521,88 +497,78 @@ class ConnectionPool(Generic[C]):
             if timer is not None:
                 timer.close()
 
-    def _take_or_wait(self, timeout: float | None, start: float, first: bool) -> _Conn[C]:
-        """An idle connection, or one handed over by release/connect after a FIFO wait."""
-        if self._closed:
-            raise PoolClosed(self._closed_message())
-        if self._idle:
-            rec = self._idle.pop() if self.lifo else self._idle.popleft()
-            self._in_use.add(rec)
+    def _take_or_wait(self, timeout: float | None, start: float, first: bool) -> Conn[C]:
+        """An idle connection, or one handed over by release/connect after a wait."""
+        state = self._state
+        rec = state.take_any()
+        if rec is not None:
             return rec
-        if self._down and self.fail_fast:
-            self._counters.unavailable += 1
-            raise PoolUnavailable(self._unavailable_message()) from self._last_error
-        if timeout == 0:
-            self._refill()
-            raise self._timeout_error(0.0) from self._cause()
-        if self.max_waiting is not None and len(self._waiters) >= self.max_waiting:
-            self._counters.exhausted += 1
-            raise PoolExhausted(
-                f"pool {self.name!r}: {len(self._waiters)} greenlets already wait "
-                f"(max_waiting={self.max_waiting}); shed load or raise max_waiting "
-                f"({self._state_text()})"
-            )
+        refusal = state.refusal()
+        if refusal is not None or timeout == 0:
+            self._apply(state.no_wait(_monotonic()))  # a connect for the next caller
+            if refusal is None:
+                raise self._timeout_error(0.0) from self._cause()
+            raise self._refusal_error(refusal)
         return self._wait(start, first)
 
-    def _wait(self, start: float, first: bool) -> _Conn[C]:
+    def _wait(self, start: float, first: bool) -> Conn[C]:
         """Queue this greenlet (at the head if ``first``); if interrupted, it leaves no trace."""
-        w: _Waiter[C] = _Waiter(start)
-        self._waiters[w] = None
-        if first:
-            self._waiters.move_to_end(w, last=False)
-        if len(self._idle) + len(self._in_use) + len(self._connecting) < self._max:
-            self._refill()
+        state = self._state
+        w: Waiter[C] = Waiter(start)
+        now = _monotonic()
+        plan = state.wait(w, now, first)
+        if plan:
+            self._apply(plan)
+        self._maint.wake_by(state.next_connect_at(now))
         try:
             w.waiter.get()
         except BaseException:
-            self._forget_waiter(w)
+            todo = state.leave(w, _monotonic())
+            if todo is not None:
+                self._after_put_back(todo)
             raise
         if w.error is not None:
-            raise w.error
+            raise self._refusal_error(w.error)
         assert w.rec is not None
         return w.rec
 
-    def _vet(self, rec: _Conn[C]) -> bool:
+    def _vet(self, rec: Conn[C]) -> bool:
         """Decide whether ``rec`` may be handed out, discarding it if not. May do I/O."""
-        now = _monotonic()
-        reason = None
-        if rec.generation != self._generation:
-            reason = "invalidated"
-        elif now >= rec.expires_at and rec.uses:  # a brand-new one is always used once
-            reason = "lifetime"
-        else:
-            try:
-                stale = now >= rec.fresh_until and not self._passes_check(rec, now)
-                refused = not stale and self._hooks_acquire and self._on_acquire(rec.conn) is False
-                if stale or refused:
-                    reason = "check"
-            except Exception:
-                self._log.debug("checkout check failed on connection #%d", rec.id, exc_info=True)
+        state = self._state
+        reason = state.vet_reason(rec, _monotonic())
+        try:
+            if reason == "check":
+                reason = None if self._check(rec.conn) is not False else "check"
+                if reason is None:
+                    state.checked(rec, _monotonic())
+            if reason is None and self._has_on_acquire and self._on_acquire(rec.conn) is False:
                 reason = "check"
-            except BaseException:
-                self._discard(rec, "interrupted")
-                raise
+        except Exception:
+            self._log.debug("checkout check failed on connection #%d", rec.id, exc_info=True)
+            reason = "check"
+        except BaseException:
+            self._apply(state.drop(rec, "interrupted", _monotonic()))
+            raise
         if reason is None:
             return True
-        self._discard(rec, reason)
+        self._apply(state.drop(rec, reason, _monotonic()))
         return False
 
-    def _passes_check(self, rec: _Conn[C], now: float) -> bool:
-        """Run ``_check`` if the connection sat idle too long or is suspect."""
-        limit = self.check_idle_after
-        if not rec.suspect and (limit is None or now - rec.last_ping <= limit):
-            return True
-        ok = self._check(rec.conn) is not False
-        if ok:
-            rec.suspect = False
-            rec.last_ping = _monotonic()
-        return ok
+    def _hand_out(self, rec: Conn[C], start: float) -> Conn[C]:
+        now = _monotonic()
+        self._state.hand_out(rec, now, start)
+        rec.holder = getcurrent()
+        if self.leak_timeout is not None:
+            rec.leak_reported = False
+            rec.taken_at = tuple(traceback.format_stack(limit=12)[:-3])
+            self._maint.wake_by(now + self.leak_timeout)
+        return rec
 
-    def _release(self, rec: _Conn[C], exc: BaseException | None, now: float) -> None:
+    def _release(self, rec: Conn[C], exc: BaseException | None, now: float) -> None:
         """Take a connection back from a ``with`` block, or discard it if it may be broken."""
-        self._counters.use_seconds += now - rec.acquired_at
-        rec.holder = None
-        if rec not in self._in_use:  # forgotten after a fork, or closed by close(timeout)
+        self._check_fork()
+        state = self._state
+        if not state.owns(rec):  # the parent's (after a fork), or closed by close(timeout)
             return
         if rec.leak_reported:
             rec.leak_reported = False
@@ -612,20 +578,12 @@ class ConnectionPool(Generic[C]):
                 rec.id,
                 now - rec.acquired_at,
             )
-        reason = None if exc is None else self._exit_reason(exc, rec)
-        if reason is None and self._hooks_release:
+        reason = None if exc is None else self._exit_reason(exc)
+        if reason is None and self._has_on_release:
             reason = self._run_on_release(rec)
-        if reason is None:
-            reason = self._return_reason(rec, now)
-        if reason is not None:
-            self._discard(rec, reason)
-            return
-        rec.last_used = rec.last_ping = now
-        rec.fresh_until = 0.0 if rec.suspect else min(now + self._check_after, rec.expires_at)
-        self._counters.returned += 1
-        self._give_back(rec)
+        self._apply(state.release(rec, now, reason))
 
-    def _exit_reason(self, exc: BaseException, rec: _Conn[C]) -> str | None:
+    def _exit_reason(self, exc: BaseException) -> str | None:
         """Why an exception leaving the ``with`` block discards the connection, if it does."""
         if not isinstance(exc, Exception):
             return "interrupted"
@@ -636,334 +594,99 @@ class ConnectionPool(Generic[C]):
             broken = True
         if not broken:
             return None
-        self._mark_suspects()
+        self._state.disconnect()
+        self._limited_log.log(
+            logging.INFO,
+            "disconnect",
+            "pool %r: a connection broke (%r); checking the others",
+            self.name,
+            exc,
+        )
         return "error"
 
-    def _run_on_release(self, rec: _Conn[C]) -> str | None:
+    def _run_on_release(self, rec: Conn[C]) -> str | None:
         try:
             ok = self._on_release(rec.conn)
-        except Exception:
-            self._log.warning("_on_release failed; discarding the connection", exc_info=True)
+        except Exception as e:
+            self._limited_log.log(
+                logging.WARNING,
+                "release",
+                "pool %r: _on_release failed (%r); connection discarded",
+                self.name,
+                e,
+            )
+            self._log.debug("_on_release failed", exc_info=True)
             return "release"
         except BaseException:
-            self._discard(rec, "interrupted")
+            self._apply(self._state.drop(rec, "interrupted", _monotonic()))
             raise
         return "release" if ok is False else None
 
-    def _return_reason(self, rec: _Conn[C], now: float) -> str | None:
-        """Why a healthy connection coming back is not kept, if it is not."""
-        if self._closed:
-            return "closed"
-        if rec.generation != self._generation:
-            return "invalidated"
-        if now >= rec.expires_at:
-            return "lifetime"
-        if self._open_count() > self._max:
-            return "idle"
-        self._update_flags()  # the pool is back within max_size after a resize()
-        return None
-
-    def _reclaim_leaked(self, rec: _Conn[C]) -> None:
+    def _reclaim_leaked(self, rec: Conn[C]) -> None:
         """A get() context was garbage-collected while holding ``rec``: report, then discard."""
-        get_hub().loop.run_callback(self._discard_leaked, rec)
+        self._loop.run_callback(self._discard_leaked, rec)
 
-    def _discard_leaked(self, rec: _Conn[C]) -> None:
-        if rec in self._in_use:
+    def _discard_leaked(self, rec: Conn[C]) -> None:
+        holder = greenlet_label(rec.holder)
+        plan = self._state.leaked(rec, _monotonic())
+        if plan is not None:
             self._log.warning(
                 "pool %r: connection #%d was taken by %s and its get() context was "
                 "garbage-collected without being exited; use `with pool.get() as conn:`%s",
                 self.name,
                 rec.id,
-                rec.holder,
+                holder,
                 _stack_text(rec.taken_at),
             )
-            rec.holder = None
-            self._discard(rec, "leaked")
+            self._apply(plan)
 
-    # ------------------------------------------------------------------ State changes
-    # No greenlet switch happens in these: each runs as one atomic step under gevent.
+    # ------------------------------------------------------------------ acting on the state
+    def _apply(self, plan: Plan[C]) -> None:
+        """Do what the state decided: wake, spawn, log, then close (which may switch)."""
+        for w in plan.wake:
+            self._loop.run_callback(w.waiter.switch, None)
+        if plan.handoff:
+            self._loop.run_callback(self._handoff)
+        for attempt in plan.connect:
+            self._spawn(_connector.connect, attempt)
+        for rec in plan.ping:
+            self._spawn(_connector.ping, rec)
+        for rec in plan.leaked:
+            self._report_leak(rec)
+        for event in plan.events:
+            self._on_event(event)
+        state = self._state
+        if state.waiting or state.open_count < state.min:  # a connect is wanted; when may it run?
+            self._maint.wake_by(state.next_connect_at(_monotonic()))
+        if plan.close:
+            self._close_all(plan.close)
 
-    def _update_flags(self) -> None:
-        """Recompute whether get() and release may take their inlined common path."""
-        plain = not self._closed and self._pid == _getpid() and self.leak_timeout is None
-        self._fast_get = plain and not self._hooks_acquire
-        self._fast_release = plain and not self._hooks_release and self._open_count() <= self._max
-
-    def _open_count(self) -> int:
-        return len(self._idle) + len(self._in_use) + len(self._connecting)
-
-    def _hand_out(self, rec: _Conn[C], now: float, start: float) -> None:
-        """``rec`` (already in _in_use) now belongs to the current greenlet."""
-        rec.holder = getcurrent()
-        rec.acquired_at = now
-        rec.uses += 1
-        c = self._counters
-        c.acquired += 1
-        if start:
-            waited = now - start
-            c.wait_seconds += waited
-            if waited > c.wait_max:
-                c.wait_max = waited
-        if self.leak_timeout is not None:
-            rec.leak_reported = False
-            rec.taken_at = tuple(traceback.format_stack(limit=12)[:-3])
-
-    def _give_back(self, rec: _Conn[C]) -> None:
-        """``rec`` (in _in_use, healthy) goes to the oldest waiter, else to the idle deque."""
-        if self._waiters:
-            w, _ = self._waiters.popitem(last=False)
-            w.rec = rec
-            get_hub().loop.run_callback(w.waiter.switch, None)
-            return
-        self._in_use.discard(rec)
-        self._idle.append(rec)
-
-    def _forget_waiter(self, w: _Waiter[C]) -> None:
-        """A waiter was interrupted: pass on what it was given, or leave the queue."""
-        rec, w.rec = w.rec, None
-        if rec is not None:
-            self._give_back(rec)
+    def _after_put_back(self, todo: Any) -> None:
+        """put_back() asked for a wake-up (a Waiter) or the deferred hand-off (HANDOFF)."""
+        if todo is HANDOFF:
+            self._loop.run_callback(self._handoff)
         else:
-            self._waiters.pop(w, None)
+            self._loop.run_callback(todo.waiter.switch, None)
 
-    def _fail_waiters(self, error_factory: Callable[[], BaseException]) -> None:
-        while self._waiters:
-            w, _ = self._waiters.popitem(last=False)
-            w.error = error_factory()
-            get_hub().loop.run_callback(w.waiter.switch, None)
+    def _handoff(self) -> None:
+        """The deferred hand-off, run by the hub once per loop turn: idle ones go to waiters."""
+        for w in self._state.handoff(_monotonic()):
+            w.waiter.switch(None)  # we are in the hub: switch straight to the waiter
 
-    def _detach(self, rec: _Conn[C], reason: str, in_idle: bool) -> None:
-        """Forget ``rec`` (the caller took it out of the idle deque already if ``in_idle``)."""
-        if not in_idle:
-            self._in_use.discard(rec)
-        self._counters.discarded[reason] += 1
+    def _spawn(self, func: Any, arg: Any) -> None:
+        g = gevent.spawn(func, self, arg)
+        self._busy.add(g)
+        g.rawlink(self._busy.discard)
 
-    def _pull_idle(self, recs: list[_Conn[C]]) -> None:
-        """Take ``recs`` out of the idle deque (background work; O(idle))."""
-        if not recs:
-            return
-        if len(recs) == 1:
-            self._idle.remove(recs[0])
-            return
-        gone = set(recs)
-        kept = [rec for rec in self._idle if rec not in gone]
-        self._idle.clear()  # in place: self._pop is bound to this deque
-        self._idle.extend(kept)
-
-    def _take_for_keepalive(self, recs: list[_Conn[C]]) -> None:
-        """``recs`` leave the idle deque to be pinged: not idle, nor handed out, meanwhile."""
-        self._pull_idle(recs)
-        self._in_use.update(recs)
-        self._pinging += len(recs)
-
-    def _keepalive_done(self, rec: _Conn[C], reason: str | None) -> None:
-        """The ping of ``rec`` ended; ``reason`` says why to discard it (None: it is fine)."""
-        if rec not in self._in_use:  # forgotten after a fork
-            return
-        self._pinging -= 1
-        now = _monotonic()
-        if self._closed:
-            reason = "closed"
-        elif reason is None:
-            reason = self._return_reason(rec, now)
-        if reason is not None:
-            self._discard(rec, reason)
-            return
-        rec.suspect = False
-        rec.last_ping = now
-        limit = self.check_idle_after
-        rec.fresh_until = min(now + (limit if limit is not None else _INF), rec.expires_at)
-        if self._waiters:
-            self._give_back(rec)
-            return
-        self._in_use.discard(rec)
-        if self.lifo:  # back at the cold end: a ping does not make a surplus connection warm
-            self._idle.appendleft(rec)
-        else:
-            self._idle.append(rec)
-
-    def _mark_suspects(self) -> None:
-        """A disconnect: check every connection open now before its next hand-out.
-
-        A server restart breaks them all at once; checking them costs callers one error, not
-        one per pooled connection.
-        """
-        for rec in self._idle:
-            rec.suspect = True
-            rec.fresh_until = 0.0
-        for rec in self._in_use:
-            rec.suspect = True
-
-    def _plan_connects(self, now: float) -> int:
-        """How many connects to start now: for waiters at once, for min_size one at a time."""
-        if self._closed or now < self._next_attempt_at:
-            return 0
-        room = self._max - self._open_count()
-        if room <= 0:
-            return 0
-        inflight = len(self._connecting)
-        n = min(len(self._waiters) - inflight, self.max_connecting - inflight)
-        if self._min - self._open_count() > 0 and now >= self._next_fill_at:
-            n = max(n, 1)
-            self._next_fill_at = now + self.SPAWN_FREQUENCY
-        return max(0, min(n, room))
-
-    def _attempt_done(self, attempt: _Attempt, conn: C | None, error: BaseException | None) -> str:
-        """Book the end of a connect; returns what to do with ``conn``: keep, discard or forget."""
-        self._connecting.pop(attempt, None)
-        if attempt.pid != _getpid():
-            return "forget"
-        if error is not None:
-            if attempt.started_at >= self._failed_at:  # attempts of one round count once
-                self._failures += 1
-                self._failed_at = _monotonic()
-            if error.__traceback__ is not None:  # keep where it failed, not the frames' locals
-                traceback.clear_frames(error.__traceback__)
-            self._last_error = error
-            self._counters.connect_failures += 1
-            wait = backoff_delay(self._failures, self._reconnect_delay, self.reconnect_max_delay)
-            self._next_attempt_at = _monotonic() + wait
-            return "failed"
-        self._failures = 0
-        if self._closed:
-            return "closed"
-        if attempt.generation != self._generation:
-            return "invalidated"
-        if self._open_count() >= self._max:  # resize() shrank the pool meanwhile
-            return "idle"
-        return "keep"
-
-    # ------------------------------------------------------------------ connecting
-    def _refill(self) -> None:
-        """Start the connects the pool needs now (waiters first, then up to min_size)."""
-        n = self._plan_connects(_monotonic())
-        for _ in range(n):
-            attempt = _Attempt(self._generation, _monotonic())
-            self._connecting[attempt] = None
-            attempt.greenlet = gevent.spawn(self._connect, attempt)
-
-    def _connect(self, attempt: _Attempt) -> None:
-        """One connect attempt, in its own short-lived greenlet."""
-        conn: C | None = None
-        error: BaseException | None = None
-        timer = _start_timer(self.connect_timeout)
-        try:
-            conn = self._new_connection()
-            if conn is None:
-                raise PoolError("_new_connection() returned None")
-            if attempt.pid != _getpid():  # the process forked while this connect was in flight
-                self._abandon(attempt, conn)
-                return
-            self._on_connect(conn)
-        except gevent.Timeout as t:
-            if t is not timer:
-                self._abandon(attempt, conn)
+    def _close_all(self, doomed: list[tuple[Conn[C], str]]) -> None:
+        """Close connections and report them; if interrupted, a greenlet closes the rest."""
+        for i, (rec, reason) in enumerate(doomed):
+            try:
+                self._close_quietly(rec.conn)
+                self._call_on_discard(rec.conn, reason)
+            except BaseException:
+                gevent.spawn(self._close_all, doomed[i + 1 :])
                 raise
-            error = TimeoutError(f"connect timed out after {self.connect_timeout}s")
-        except Exception as e:
-            error = e
-        except BaseException:  # killed by close() or a fork: the attempt just ends
-            self._abandon(attempt, conn)
-            raise
-        finally:
-            timer.close()
-        if error is not None and conn is not None:
-            self._close_quietly(conn)  # _on_connect failed on an open connection
-            conn = None
-        self._connected(attempt, conn, error)
-
-    def _connected(self, attempt: _Attempt, conn: C | None, error: BaseException | None) -> None:
-        now = _monotonic()
-        attempt.greenlet = None  # no cycle between the record and its finished greenlet
-        outcome = self._attempt_done(attempt, conn, error)
-        if outcome == "failed":
-            self._connect_failed(error)
-        elif outcome == "forget":
-            if conn is not None:
-                self._forget_connection(conn)
-        elif outcome != "keep":
-            assert conn is not None
-            self._counters.created += 1
-            self._counters.discarded[outcome] += 1
-            self._close_quietly(conn)
-            self._call_on_discard(conn, outcome)
-        else:
-            assert conn is not None
-            self._add_new(conn, now, attempt.started_at)
-        self._refill()
-        self._maint.wake()
-
-    def _add_new(self, conn: C, now: float, started: float) -> None:
-        jitter = self.lifetime_jitter
-        expires = _INF
-        if self.max_lifetime is not None:
-            expires = now + self.max_lifetime * (1.0 - jitter * random.random())
-        rec: _Conn[C] = _Conn(conn, now, expires, self._generation)
-        limit = self.check_idle_after
-        rec.fresh_until = min(now + (limit if limit is not None else _INF), expires)
-        if self.keepalive is not None:
-            rec.keepalive_every = self.keepalive * (1.0 - self.keepalive_jitter * random.random())
-        c = self._counters
-        c.created += 1
-        c.connect_seconds += now - started
-        self._in_use.add(rec)
-        self._give_back(rec)
-        if self._down:
-            self._down = False
-            self._log.info("pool %r: backend is back, a connect succeeded", self.name)
-        self._limited_log.reset("connect")
-        if self._ready and self._is_ready():
-            for event in self._ready:
-                event.set()
-
-    def _connect_failed(self, error: BaseException | None) -> None:
-        self._limited_log.log(
-            logging.WARNING,
-            "connect",
-            "pool %r: connect failed (%d in a row; next attempt in %.2fs): %r",
-            self.name,
-            self._failures,
-            max(0.0, self._next_attempt_at - _monotonic()),
-            error,
-        )
-        if self._failures >= self.fail_fast_after and not self._down and not self._idle:
-            self._down = True
-            self._log.warning(
-                "pool %r: backend considered down after %d failed connects: %r",
-                self.name,
-                self._failures,
-                error,
-            )
-            if self.fail_fast:
-                self._counters.unavailable += len(self._waiters)
-                self._fail_waiters(self._unavailable_error)
-
-    def _abandon(self, attempt: _Attempt, conn: C | None) -> None:
-        """A connect attempt died of an interrupt: free its slot and plan its replacement."""
-        self._connecting.pop(attempt, None)
-        attempt.greenlet = None
-        if conn is not None:
-            if attempt.pid == _getpid():
-                self._close_quietly(conn)
-            else:
-                self._forget_connection(conn)
-        if not self._closed and attempt.pid == _getpid():
-            self._refill()
-            self._maint.wake()
-
-    # ------------------------------------------------------------------ discarding, closing
-    def _discard(self, rec: _Conn[C], reason: str, *, in_idle: bool = False) -> None:
-        """Close ``rec`` for ``reason`` and start its replacement."""
-        self._detach(rec, reason, in_idle)
-        self._close_quietly(rec.conn)
-        self._call_on_discard(rec.conn, reason)
-        if self._drained is not None and not self._in_use:
-            self._drained.set()
-        if not self._fast_release:
-            self._update_flags()
-        self._refill()
-        if not self._closed:
-            self._maint.wake()
 
     def _close_quietly(self, conn: C) -> None:
         try:
@@ -977,117 +700,204 @@ class ConnectionPool(Generic[C]):
         except Exception:
             self._log.exception("_on_discard(%r) raised", reason)
 
-    def _mark_closed(self) -> None:
-        """The part of close() that cannot switch: no new get(), waiters get PoolClosed."""
-        self._closed = True
-        self._update_flags()
-        self._fail_waiters(lambda: PoolClosed(self._closed_message()))
-        for event in self._ready:
-            event.set()
-        _fork.unregister(self)
-        self._log.debug("pool %r closed", self.name)
+    def _on_event(self, event: str) -> None:
+        state = self._state
+        if event == "ready":
+            for e in self._ready:
+                e.set()
+        elif event == "drained":
+            if self._drained is not None:
+                self._drained.set()
+        elif event == "failed":
+            wait = max(0.0, state.next_attempt_at - _monotonic())
+            self._limited_log.log(
+                logging.WARNING,
+                "connect",
+                "pool %r: connect failed (%d in a row; next attempt in %.2fs): %r",
+                self.name,
+                max(state.failures, state.rejected),
+                wait,
+                state.last_error,
+            )
+        elif event == "down":
+            self._log.warning(
+                "pool %r: backend considered down after %d failed connects: %r",
+                self.name,
+                max(state.failures, state.rejected),
+                state.last_error,
+            )
+        elif event == "up":
+            self._log.info("pool %r: backend is back, a connect succeeded", self.name)
+            self._limited_log.reset("connect")
 
-    def _finish_close(self, timeout: float | None) -> None:
-        """Close idle connections, stop background greenlets, wait for in-use ones (timeout)."""
-        while self._idle:  # one at a time: if interrupted, the rest stay for the next close()
-            self._discard(self._idle.popleft(), "closed", in_idle=True)
-        me = getcurrent()
-        busy = [a.greenlet for a in self._connecting if a.greenlet is not None]
-        busy += self._maint.stop()
-        busy = [g for g in busy if g is not me and not g.dead]
+    # ------------------------------------------------------------------ the connector's reports
+    def _connect_finished(
+        self, attempt: Attempt, conn: C | None, error: BaseException | None
+    ) -> None:
+        outcome, plan = self._state.connect_done(attempt, conn, error, _monotonic())
+        if outcome == "forget" and conn is not None:
+            self._forget_connection(conn)
+        elif outcome not in ("keep", "failed", "forget") and conn is not None:
+            self._close_quietly(conn)
+            self._call_on_discard(conn, outcome)
+        self._apply(plan)
+        self._maint.wake()
+
+    def _connect_abandoned(self, attempt: Attempt, conn: C | None) -> None:
+        if conn is not None:
+            if attempt.pid == _getpid():
+                self._close_quietly(conn)
+            else:
+                self._forget_connection(conn)
+        self._apply(self._state.connect_abandoned(attempt, _monotonic()))
+        self._maint.wake()
+
+    def _ping_finished(self, rec: Conn[C], reason: str | None, error: BaseException | None) -> None:
+        if isinstance(error, (*self.exc_classes, TimeoutError)):
+            self._limited_log.log(
+                logging.INFO,
+                "keepalive",
+                "pool %r: keepalive found connection #%d broken (%r); replacing it",
+                self.name,
+                rec.id,
+                error,
+            )
+        elif error is not None:  # a bug in _keepalive: say so, with the traceback
+            self._log.error(
+                "pool %r: _keepalive raised on connection #%d; replacing it",
+                self.name,
+                rec.id,
+                exc_info=error,
+            )
+        self._apply(self._state.ping_done(rec, _monotonic(), reason))
+
+    def _run_due(self, scheduler: Scheduler) -> float | None:
+        """The scheduler's turn: do what is due; say when to look again (None: stop)."""
+        self._check_fork()
+        if self._state.closed or scheduler is not self._maint:
+            return None
+        plan, next_at = self._state.due(_monotonic())
+        self._apply(plan)
+        return next_at
+
+    def _report_leak(self, rec: Conn[C]) -> None:
+        holder = rec.holder
+        where = "".join(rec.taken_at or ())
+        if not where and holder is not None and holder.gr_frame is not None:
+            where = "".join(traceback.format_stack(holder.gr_frame))
+        self._log.warning(
+            "pool %r: connection #%d held by %s for %.1fs (leak_timeout=%ss); taken at:\n%s",
+            self.name,
+            rec.id,
+            greenlet_label(holder),
+            _monotonic() - rec.acquired_at,
+            self.leak_timeout,
+            where,
+        )
+
+    # ------------------------------------------------------------------ closing, fork
+    def _finish_close(self, plan: Plan[C], timeout: float | None) -> None:
+        """close()'s part that may switch: close idle ones, stop greenlets, wait for held ones."""
+        self._apply(plan)
+        busy = [g for g in self._busy if g is not getcurrent() and not g.dead]
+        sched = self._maint.stop()
+        if sched is not None:
+            busy.append(sched)
         if busy:
             gevent.killall(busy, block=True)
-        self._connecting.clear()  # attempts killed before they started never book their end
-        if timeout is not None and self._in_use:
-            self._wait_drained(timeout)
+        self._state.connects_stopped()
+        if timeout is not None and self._state.held:
+            self._drained = Event()
+            if not self._drained.wait(timeout):
+                self._log.warning(
+                    "pool %r: %d connection(s) still in use %.3gs after close(); closing them",
+                    self.name,
+                    len(self._state.held),
+                    timeout,
+                )
+                self._apply(self._state.close_held(_monotonic()))
 
-    def _wait_drained(self, timeout: float) -> None:
-        self._drained = Event()
-        if self._in_use and not self._drained.wait(timeout):
-            left = list(self._in_use)
-            self._log.warning(
-                "pool %r: %d connection(s) still in use %.3gs after close(); closing them",
-                self.name,
-                len(left),
-                timeout,
-            )
-            for rec in left:
-                self._discard(rec, "closed")
+    def _check_fork(self) -> None:
+        """After a fork that skipped Python's at-fork hooks (uWSGI), reset here and now."""
+        if self._state.pid != _getpid():
+            self._forked()
+            self._after_fork_io()
 
-    # ------------------------------------------------------------------ fork
-    def _after_fork(self) -> None:
-        """In a forked child: forget the parent's connections, restart maintenance, refill."""
-        pid = _getpid()
-        if self._pid == pid:
-            return
-        self._pid = pid
-        stale = [a.greenlet for a in self._connecting if a.greenlet is not None]
-        stale += self._maint.pingers
-        for g in stale:  # copies of the parent's greenlets, on the parent's sockets
-            g.kill(block=False)
-        self._generation += 1  # records of the parent's connections no longer match
-        self._update_flags()
-        inherited = [rec.conn for rec in self._idle] + [rec.conn for rec in self._in_use]
-        self._idle.clear()
-        self._in_use.clear()
-        self._pinging = 0
-        self._connecting.clear()
-        self._failures, self._down, self._next_attempt_at, self._next_fill_at = 0, False, 0.0, 0.0
-        for conn in inherited:
+    def _forked(self) -> None:
+        """In a forked child (no switch): forget the parent's connections, connects, waiters."""
+        self._inherited = self._state.after_fork(_getpid())
+        old = self._maint.stop()
+        self._stale = [*self._busy, *([old] if old is not None else [])]
+        self._busy = set()
+        self._maint = Scheduler(self)
+
+    def _after_fork_io(self) -> None:
+        """In a forked child: close our copies of inherited descriptors, restart the background."""
+        inherited, self._inherited = self._inherited, []
+        stale, self._stale = self._stale, []
+        for rec in inherited:
             try:
-                self._forget_connection(conn)
+                self._forget_connection(rec.conn)
             except Exception:
                 self._log.debug("forgetting an inherited connection failed", exc_info=True)
-        if not self._closed:
-            self._maint = _maintenance.Scheduler(self)
+        for g in stale:
+            g.kill(block=False)  # copies of the parent's greenlets, on the parent's sockets
+        self._loop = get_hub().loop
+        if self._state.opened and not self._state.closed and not self._maint.started:
             self._maint.start()
-            self._refill()
+            self._apply(self._state.plan_connects(_monotonic()))
 
     # ------------------------------------------------------------------ messages
     def _state_text(self) -> str:
+        s = self._state
         return (
-            f"open={self._open_count()} idle={len(self._idle)} in_use={len(self._in_use)} "
-            f"connecting={len(self._connecting)} waiting={len(self._waiters)} max={self._max}"
+            f"open={s.open_count} idle={len(s.idle)} in_use={len(s.held) + len(s.pinging)} "
+            f"connecting={len(s.connecting)} waiting={s.waiting} max={s.max}"
         )
 
     def _timeout_error(self, timeout: float | None) -> PoolTimeout:
-        self._counters.timeouts += 1
+        state = self._state
+        state.counters.timeouts += 1
         hint = "raise max_size, hold connections for less time, or pass a larger timeout"
-        if self._failures:
-            hint = f"connects are failing ({self._failures} in a row): is the backend up?"
+        failures = max(state.failures, state.rejected)
+        if failures:
+            hint = f"connects are failing ({failures} in a row): is the backend up?"
         return PoolTimeout(
             f"pool {self.name!r}: no connection within {timeout}s ({self._state_text()}); {hint}"
         )
 
     def _cause(self) -> BaseException | None:
-        return self._last_error if self._failures else None
+        s = self._state
+        return s.last_error if (s.failures or s.rejected) else None
 
-    def _unavailable_message(self) -> str:
-        return (
-            f"pool {self.name!r}: backend unavailable after {self._failures} failed connects "
-            f"({self._state_text()}); the pool keeps retrying in the background"
+    def _refusal_error(self, why: str | BaseException) -> BaseException:
+        """The error for a get() refused by the state ("closed", "down", "exhausted")."""
+        if isinstance(why, Marker):
+            why = why.why
+        if why == "closed":
+            return PoolClosed(self._closed_message())
+        state = self._state
+        if why == "down":
+            err: PoolError = PoolUnavailable(
+                f"pool {self.name!r}: backend unavailable after "
+                f"{max(state.failures, state.rejected)} failed connects ({self._state_text()}); "
+                "the pool keeps retrying in the background"
+            )
+            err.__cause__ = state.last_error
+            return err
+        return PoolExhausted(
+            f"pool {self.name!r}: {state.waiting} greenlets already wait "
+            f"(max_waiting={self.max_waiting}); shed load or raise max_waiting "
+            f"({self._state_text()})"
         )
-
-    def _unavailable_error(self) -> BaseException:
-        err = PoolUnavailable(self._unavailable_message())
-        err.__cause__ = self._last_error
-        return err
 
     def _closed_message(self) -> str:
         return f"pool {self.name!r} is closed; create a new pool or stop calling get()"
 
-    def _is_ready(self) -> bool:
-        return self._ready_count() >= self._min
 
-    def _ready_count(self) -> int:
-        return len(self._idle) + len(self._in_use)
-
-
-def _start_timer(seconds: float | None) -> gevent.Timeout:
-    """A started gevent Timeout; with None it never fires (and costs no timer)."""
-    timer = gevent.Timeout(seconds)
-    timer.start()
-    return timer
+for _opt in OPTIONS:  # the class attributes a subclass may override: defaults from the table
+    if _opt.name not in ("min_size", "max_size", "name"):
+        setattr(ConnectionPool, _opt.name, _opt.default)
 
 
 def _stack_text(stack: tuple[str, ...] | None) -> str:

@@ -56,6 +56,7 @@ class FakePool(ConnectionPool[FakeConn]):
         self.made: list[FakeConn] = []
         self.fail: BaseException | None = None
         self.gate: gevent.event.Event | None = None
+        self.pinged: list[FakeConn] = []
         super().__init__(*args, **kwargs)
 
     def _new_connection(self) -> FakeConn:
@@ -66,6 +67,9 @@ class FakePool(ConnectionPool[FakeConn]):
         conn = FakeConn()
         self.made.append(conn)
         return conn
+
+    def _keepalive(self, conn: FakeConn) -> None:
+        self.pinged.append(conn)
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 5.0, what: str = "") -> None:

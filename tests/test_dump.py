@@ -13,6 +13,7 @@ from gevent import socket
 from gevent.event import Event
 
 from geventconnpool import ConnectionInfo, ConnectionPool, PoolDump
+from geventconnpool._records import greenlet_label
 from geventconnpool.testing import PingServer, ping
 
 from .conftest import SocketPool, wait_until
@@ -106,7 +107,7 @@ def test_in_use_shows_holder_how_long_and_where_it_is(make_pool: MakePool, holdi
     holder = holding(pool)
     _elapse(0.05)
     [info] = _by_state(pool.dump())["in_use"]
-    assert info.holder == repr(holder)
+    assert info.holder == greenlet_label(holder)
     assert info.held_for is not None and info.held_for >= 0.05
     assert info.holder_stack and any("busy_in_a_request" in line for line in info.holder_stack)
     assert info.uses == 1 and info.idle_for is None
@@ -147,7 +148,7 @@ def test_waiters_and_how_long_they_have_waited(make_pool: MakePool, holding: Any
     _elapse(0.05)
     dump = pool.dump()
     [info] = dump.waiters
-    assert info.greenlet == repr(waiter) and info.waited_for >= 0.05
+    assert info.greenlet == greenlet_label(waiter) and info.waited_for >= 0.05
     assert dump.stats.waiting == 1
     waiter.kill()
 
@@ -175,8 +176,8 @@ def test_str_is_a_readable_report(gated: Callable[..., GatedPool], holding: Any)
     assert lines[0].startswith("pool 'orders': open=3 idle=0 in_use=2 connecting=1 waiting=1")
     assert sum(" in_use " in line for line in lines) == 2
     assert sum(" connecting " in line for line in lines) == 1
-    assert f"holder={holder!r}" in text
+    assert f"holder={greenlet_label(holder)}" in text
     assert "taken at:" in text and "holder now at:" in text and "busy_in_a_request" in text
-    assert f"waiter {waiter!r} waiting" in text
+    assert f"waiter {greenlet_label(waiter)} waiting" in text
     waiter.kill()
     pool.gate.set()

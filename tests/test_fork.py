@@ -106,7 +106,7 @@ def _reap(pid: int) -> None:
 
 
 def _ports(pool: ConnectionPool[Any]) -> set[str]:
-    recs = list(pool._idle) + list(pool._in_use)
+    recs = list(pool._state.idle) + list(pool._state.held)
     return {local_port(rec.conn) for rec in recs}
 
 
@@ -186,7 +186,7 @@ def test_child_refills_in_the_background_with_new_maintenance(
 def test_child_closes_only_its_own_descriptors(named_pools: Any, remote: RemoteServer) -> None:
     pool = named_pools(3, address=remote.address)
     pool.wait_ready(5)
-    inherited = [rec.conn for rec in pool._idle]
+    inherited = [rec.conn for rec in pool._state.idle]
 
     def check() -> list[int]:
         wait_until(lambda: pool.stats().created == 6 and pool.stats().idle == 3, what="refill")

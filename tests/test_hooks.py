@@ -141,7 +141,7 @@ def test_on_acquire_false_discards_and_the_next_is_tried(
 ) -> None:
     pool = make_hooked(3)
     pool.wait_ready(5)
-    warmest = pool._idle[-1].conn
+    warmest = pool._state.idle[-1].conn
     pool.acquire_result = _reject(warmest)
     with pool.get(timeout=5) as conn:
         assert conn is not warmest
@@ -177,7 +177,7 @@ def test_on_acquire_rejection_waits_for_a_new_one_in_the_same_get(
 ) -> None:
     pool = make_hooked(1)
     pool.wait_ready(5)
-    first = pool._idle[-1].conn
+    first = pool._state.idle[-1].conn
     pool.acquire_result = _reject(first)
     with pool.get(timeout=5) as conn:  # the only one is rejected: a replacement is made
         assert conn is not first and conn in pool.connected
@@ -263,12 +263,13 @@ def test_on_discard_reasons_are_the_stats_names(make_hooked: Callable[..., HookP
         pass  # release
     pool.release_result = lambda conn: None
     wait_until(lambda: pool.stats().idle == 2, what="refill")
-    pool.acquire_result = _reject(pool._idle[-1].conn)
+    pool.acquire_result = _reject(pool._state.idle[-1].conn)
     with pool.get(timeout=5):
         pass  # check
     pool.acquire_result = lambda conn: None
     wait_until(lambda: pool.stats().idle == 2, what="refill")
-    pool._idle[0].expires_at = 0.0
+    pool._state.idle[0].expires_at = 0.0
+    pool._maint.wake()
     wait_until(lambda: pool.stats().discarded.lifetime == 1, what="expiry")  # lifetime
     wait_until(lambda: pool.stats().idle == 2, what="refill")
     pool.invalidate()  # invalidated, x2

@@ -381,7 +381,7 @@ def _prepare_blocker(env: Env) -> None:
     def blocker() -> None:
         with checkout(env.pool) as conn:
             held.set()
-            wait_until(lambda: env.pool._waiters or env.caller_done.is_set(), RUN_DEADLINE)
+            wait_until(lambda: env.pool._state.waiting or env.caller_done.is_set(), RUN_DEADLINE)
             echo(conn, env.probe, env.pool.cid(conn))
 
     env.helpers.append(gevent.spawn(blocker))
@@ -479,7 +479,7 @@ def _prepare_failing_check(env: Env) -> None:
 def _run_invalidate(env: Env) -> None:
     pool = env.pool
     with checkout(pool) as conn:
-        before = {pool.cid(rec.conn) for rec in pool._idle} | {pool.cid(conn)}
+        before = {pool.cid(rec.conn) for rec in pool._state.idle} | {pool.cid(conn)}
         pool.invalidate()
         for cid in before:
             env.probe.poison(cid, "invalidate()")
@@ -680,7 +680,7 @@ def _check_descriptors(pool: HarnessPool, server: PingServer, base: int, what: s
     try:
         wait_until(settled, SETTLE_DEADLINE)
     except AssertionError:
-        pooled = {rec.conn for rec in pool._idle} | {rec.conn for rec in pool._in_use}
+        pooled = {rec.conn for rec in pool._state.idle} | {rec.conn for rec in pool._state.held}
         stray = [pool.cid(s) for s in pool.sockets if s.fileno() >= 0 and s not in pooled]
         raise AssertionError(
             f"{what}: socket leaked: {open_fds() - base} descriptors open for {pool!r} "
@@ -707,7 +707,7 @@ def _check_all_closed(pool: HarnessPool, server: PingServer, base: int, what: st
             f"{what}: {open_fds() - base} descriptors leaked after close() "
             f"(server still has {server.active} connections)"
         ) from None
-    greenlets = [pool._maint._greenlet, *pool._maint.pingers, *pool.connectors]
+    greenlets = [pool._maint._greenlet, *pool._busy, *pool.connectors]
     wait_until(lambda: all(g is None or g.dead for g in greenlets), SETTLE_DEADLINE)
     stats = pool.stats()
     assert stats.created == stats.discarded.total, (
@@ -824,9 +824,8 @@ def test_killed_connect_attempt_is_replaced_at_once(pools: list[ConnectionPool[A
 
     g = gevent.spawn(waiter)
     wait_until(lambda: pool.stats().connecting == 1, 5, "the connect")
-    attempt = next(iter(pool._connecting))
+    (connector,) = pool._busy
     pool.gate = None  # the replacement connects at once
-    assert attempt.greenlet is not None
-    attempt.greenlet.kill()
+    connector.kill()
     g.join(0.3)
     assert got, f"the waiter was not served within 0.3 s: {pool!r}"

@@ -29,7 +29,7 @@ def _open_on_server(server: PingServer) -> set[tuple[str, int]]:
 def test_idle_connections_close_at_once(make_pool: MakePool, server: PingServer) -> None:
     pool = make_pool(3)
     pool.wait_ready(5)
-    old = [rec.conn for rec in pool._idle]
+    old = [rec.conn for rec in pool._state.idle]
     old_peers = {_local(c) for c in old}
     pool.invalidate()
     assert all(conn.fileno() == -1 for conn in old)  # closed before invalidate() returned
@@ -42,10 +42,10 @@ def test_fresh_connections_are_made_in_the_background(
 ) -> None:
     pool = make_pool(3)
     pool.wait_ready(5)
-    old = {_local(rec.conn) for rec in pool._idle}
+    old = {_local(rec.conn) for rec in pool._state.idle}
     pool.invalidate()
     wait_until(lambda: pool.stats().idle == 3, what="the refill")
-    new = {_local(rec.conn) for rec in pool._idle}
+    new = {_local(rec.conn) for rec in pool._state.idle}
     assert not new & old
     assert _open_on_server(server) == new
     assert server.accepted == 6
@@ -109,7 +109,7 @@ def test_connects_in_flight_are_discarded_on_arrival(
     wait_until(lambda: pool.stats().idle == 2, what="the replacements")
     assert all(conn.fileno() == -1 for conn in late)  # arrived, and were discarded
     assert pool.stats().discarded.invalidated == 2
-    assert not {rec.conn for rec in pool._idle} & set(late)
+    assert not {rec.conn for rec in pool._state.idle} & set(late)
     assert server.accepted == 4
 
 

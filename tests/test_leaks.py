@@ -10,6 +10,7 @@ import gevent
 import pytest
 from gevent.event import Event
 
+from geventconnpool._records import greenlet_label
 from geventconnpool.testing import PingServer, ping
 
 from .conftest import SocketPool, wait_until
@@ -34,7 +35,7 @@ def hold_the_connection(pool: SocketPool, release: Event, taken: list[int]) -> N
 
 
 def _id_of(pool: SocketPool, conn: object) -> int:
-    return next(rec.id for rec in pool._in_use if rec.conn is conn)
+    return next(rec.id for rec in pool._state.held if rec.conn is conn)
 
 
 def test_held_too_long_warns_once_with_pool_holder_and_stack(
@@ -53,7 +54,7 @@ def test_held_too_long_warns_once_with_pool_holder_and_stack(
     [record] = _warnings(caplog, f"#{first[0]} held by")  # still only one about the first
     message = record.getMessage()
     assert "'leaky'" in message
-    assert repr(holder) in message
+    assert greenlet_label(holder) in message
     assert "hold_the_connection" in message  # the stack where get() was called
     assert "leak_timeout=0.1" in message
     release.set()

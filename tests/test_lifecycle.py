@@ -141,8 +141,8 @@ def test_waiters_are_served_first_come_first_served(make_fake: MakeFake) -> None
     assert order == list(range(10))
 
 
-def test_a_new_caller_cannot_barge_ahead_of_a_waiter(make_fake: MakeFake) -> None:
-    pool = make_fake(1)
+def test_strict_fifo_a_new_caller_cannot_barge_ahead_of_a_waiter(make_fake: MakeFake) -> None:
+    pool = make_fake(1, fair_after=0)
     order: list[str] = []
 
     def take(who: str) -> None:
@@ -250,7 +250,7 @@ def test_connect_timeout_bounds_each_attempt(
     pool = Handshake(1, address=proxy.address, connect_timeout=0.05, reconnect_delay=0.01)
     try:
         wait_until(lambda: pool.stats().connect_failures >= 2, what="timed-out attempts")
-        assert isinstance(pool._last_error, TimeoutError)
+        assert isinstance(pool._state.last_error, TimeoutError)
         proxy.restore()
         pool.wait_ready(5)
     finally:
@@ -323,7 +323,7 @@ def test_without_fail_fast_get_waits_out_its_timeout(make_fake: MakeFake) -> Non
 def test_max_lifetime_with_jitter_spreads_expiry(make_fake: MakeFake) -> None:
     pool = make_fake(20, max_lifetime=100.0, lifetime_jitter=0.2)
     pool.wait_ready(5)
-    lifetimes = [rec.expires_at - rec.created_at for rec in pool._idle]
+    lifetimes = [rec.expires_at - rec.created_at for rec in pool._state.idle]
     assert all(80.0 <= life <= 100.0 for life in lifetimes)
     assert len({round(life, 6) for life in lifetimes}) > 1
 
@@ -364,7 +364,7 @@ def test_default_check_consumes_nothing_from_a_healthy_socket(make_pool: MakePoo
     with pool.get() as conn:
         conn.sendall(b"PING\r\n")
         assert conn.recv(7) == b"+PONG\r\n"
-    assert pool._check(pool._idle[0].conn) is True
+    assert pool._check(pool._state.idle[0].conn) is True
     with pool.get() as again:
         assert again is conn
         ping(again)  # the stream is intact
@@ -377,7 +377,7 @@ def test_unsolicited_bytes_make_a_socket_dead(make_pool: MakePool) -> None:
         conn.sendall(b"PING\r\n")  # the reply is left unread: a desynchronised stream
         gevent.sleep(0)
     # the exit was clean, but the next checkout sees bytes nobody asked for
-    wait_until(lambda: not pool._check(pool._idle[0].conn))
+    wait_until(lambda: not pool._check(pool._state.idle[0].conn))
     with pool.get() as fresh:
         assert fresh is not conn
     assert pool.stats().discarded.check == 1
@@ -417,7 +417,7 @@ def test_check_is_skipped_for_recently_used_connections(make_fake: MakeFake) -> 
 def test_keepalive_jitter_spreads_pings(make_fake: MakeFake) -> None:
     pool = make_fake(20, keepalive=10.0, keepalive_jitter=0.3)
     pool.wait_ready(5)
-    intervals = [rec.keepalive_every for rec in pool._idle]
+    intervals = [rec.keepalive_every for rec in pool._state.idle]
     assert all(7.0 <= i <= 10.0 for i in intervals) and len(set(intervals)) > 1
 
 

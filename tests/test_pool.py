@@ -44,7 +44,7 @@ def test_exc_classes_error_discards_and_replaces(make_pool: MakePool) -> None:
     wait_until(lambda: pool.stats().idle == 2, what="replacement")
     stats = pool.stats()
     assert stats.discarded.error == 1 and stats.created == 3
-    assert all(rec.conn is not broken for rec in pool._idle)
+    assert all(rec.conn is not broken for rec in pool._state.idle)
 
 
 def test_other_exception_returns_the_connection(make_pool: MakePool) -> None:
@@ -239,7 +239,7 @@ def test_close_closes_idle_and_in_use_on_return(make_pool: MakePool) -> None:
     pool = make_pool(3)
     pool.wait_ready(5)
     with pool.get() as held:
-        idle = [rec.conn for rec in pool._idle]
+        idle = [rec.conn for rec in pool._state.idle]
         pool.close()
         assert all(c.fileno() == -1 for c in idle)
         assert held.fileno() != -1  # still usable by its holder

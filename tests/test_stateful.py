@@ -97,7 +97,7 @@ class PoolMachine(RuleBasedStateMachine):
             raise
 
     def in_queue(self, a: Actor) -> bool:
-        return any(w.greenlet is a.g for w in self.p._waiters)
+        return any(w.greenlet is a.g for w in self.p._state.waiters if not w.gone)
 
     def settled(self, a: Actor) -> bool:
         """At rest: queued, holding or ended; not between being handed something and resuming."""

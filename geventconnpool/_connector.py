@@ -1,0 +1,119 @@
+"""The pool's short-lived greenlets: one connect attempt, one keepalive ping.
+
+Each runs the user's hook under its own ``connect_timeout`` and reports the outcome to the pool,
+which books it in the state; an outer interrupt (a kill by close() or a fork, an outer Timeout)
+is reported as such and re-raised.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from typing import Any, Protocol, TypeVar
+
+import gevent
+
+from ._records import Attempt, Conn
+from .errors import PoolError
+
+C = TypeVar("C")
+
+
+class Owner(Protocol[C]):
+    """What the connector needs of its pool."""
+
+    connect_timeout: float | None
+    exc_classes: tuple[type[BaseException], ...]
+
+    def _new_connection(self) -> C: ...
+    def _on_connect(self, conn: C) -> None: ...
+    def _keepalive(self, conn: C) -> None: ...
+    def _close_quietly(self, conn: C) -> None: ...
+    def _connect_finished(
+        self, attempt: Attempt, conn: C | None, error: BaseException | None
+    ) -> None: ...
+    def _connect_abandoned(self, attempt: Attempt, conn: C | None) -> None: ...
+    def _ping_finished(
+        self, rec: Conn[C], reason: str | None, error: BaseException | None
+    ) -> None: ...
+
+
+def start_timer(seconds: float | None) -> gevent.Timeout:
+    """A started gevent Timeout; with None it never fires (and costs no timer)."""
+    timer = gevent.Timeout(seconds)
+    timer.start()
+    return timer
+
+
+def connect(pool: Owner[Any], attempt: Attempt) -> None:
+    """One connect attempt: ``_new_connection()`` then ``_on_connect()``, under connect_timeout."""
+    conn: Any = None
+    error: BaseException | None = None
+    timer = start_timer(pool.connect_timeout)
+    try:
+        conn = pool._new_connection()
+        if conn is None:
+            raise PoolError("_new_connection() returned None")
+        if attempt.pid != os.getpid():  # the process forked meanwhile: the parent's socket
+            pool._connect_abandoned(attempt, conn)
+            return
+        pool._on_connect(conn)
+    except gevent.Timeout as t:
+        if t is not timer:
+            pool._connect_abandoned(attempt, conn)
+            raise
+        error = TimeoutError(f"connect timed out after {pool.connect_timeout}s")
+    except Exception as e:
+        error = without_frames(e)
+    except BaseException:  # killed by close() or a fork: the attempt just ends
+        pool._connect_abandoned(attempt, conn)
+        raise
+    finally:
+        timer.close()
+    if error is not None and conn is not None:
+        pool._close_quietly(conn)  # _on_connect failed on an open connection
+        conn = None
+    pool._connect_finished(attempt, conn, error)
+
+
+def ping(pool: Owner[Any], rec: Conn[Any]) -> None:
+    """Run ``_keepalive`` on one connection, bounded by ``connect_timeout``."""
+    reason: str | None = None
+    error: BaseException | None = None
+    timer = start_timer(pool.connect_timeout)
+    try:
+        pool._keepalive(rec.conn)
+    except gevent.Timeout as t:
+        if t is not timer:
+            pool._ping_finished(rec, "interrupted", None)
+            raise
+        reason, error = "keepalive", TimeoutError(f"keepalive timed out after {t.seconds}s")
+    except Exception as e:
+        reason, error = "keepalive", without_frames(e)
+    except BaseException:
+        pool._ping_finished(rec, "interrupted", None)
+        raise
+    finally:
+        timer.close()
+    pool._ping_finished(rec, reason, error)
+
+
+def without_frames(error: BaseException) -> BaseException:
+    """``error`` kept for later (a PoolTimeout's cause) with no frame attached.
+
+    A traceback keeps its frames, and through ``f_back`` the frames of their callers, with all
+    their locals: the connect greenlet's, which hold the pool. So the traceback is replaced by a
+    note saying where the error was raised (``clear_frames`` cannot clear a frame still running).
+    """
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        tb = e.__traceback__
+        if tb is not None:
+            where = traceback.format_tb(tb)[-3:]
+            e.__traceback__ = None
+            notes = [*getattr(e, "__notes__", ()), "raised at:\n" + "".join(where).rstrip()]
+            setattr(e, "__notes__", notes)  # noqa: B010  (add_note() is 3.11+)
+        e = e.__cause__ or e.__context__
+    return error

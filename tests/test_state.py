@@ -1,0 +1,339 @@
+"""The pool's bookkeeping, on PoolState alone: fake connection objects, no sockets, no hub.
+
+Each test drives the state through its methods with an explicit clock and checks what it
+decided (the Plan) and what it now holds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from geventconnpool._records import Conn, Waiter
+from geventconnpool._state import HANDOFF, SLOW, WAITER_RETRY, Plan, Policy, PoolState
+
+PID = 4242
+
+
+def make_state(min_size: int = 0, max_size: int = 4, **policy: Any) -> PoolState[object]:
+    values: dict[str, Any] = {
+        "check_after": 1.0,
+        "fail_fast": False,
+        "fail_fast_after": 3,
+        "fair_after": 0.03,
+        "keepalive": None,
+        "keepalive_jitter": 0.0,
+        "leak_timeout": None,
+        "lifetime_jitter": 0.0,
+        "lifo": True,
+        "max_connecting": 2,
+        "max_idle": None,
+        "max_lifetime": None,
+        "max_waiting": None,
+        "reconnect_delay": 0.1,
+        "reconnect_max_delay": 30.0,
+        "spawn_frequency": 0.0,
+    }
+    values.update(policy)
+    state: PoolState[object] = PoolState(min_size, max_size, Policy(**values), PID)
+    state.open(0.0)
+    state.connecting.clear()  # tests add connections themselves
+    return state
+
+
+def add_idle(state: PoolState[object], now: float = 0.0, n: int = 1) -> list[Conn[object]]:
+    """Open ``n`` connections through the state, as connects that succeed at ``now``."""
+    recs = []
+    for _ in range(n):
+        plan = state.plan_connects(now, extra=1)
+        if not plan.connect:
+            attempt_plan = Plan[object]()
+            state._plan_into(attempt_plan, now, extra=state.max)
+            plan = attempt_plan
+        attempt = plan.connect[0]
+        outcome, _ = state.connect_done(attempt, object(), None, now)
+        assert outcome == "keep"
+        recs.append(state.idle[-1])
+    return recs
+
+
+def queue_waiter(state: PoolState[object], since: float) -> Waiter[object]:
+    w: Waiter[object] = Waiter(since)
+    state.wait(w, since, first=False)
+    return w
+
+
+# ---------------------------------------------------------------------- the hot path
+def test_take_hands_out_the_warmest_fresh_idle_connection() -> None:
+    state = make_state()
+    cold, warm = add_idle(state, n=2)
+    assert state.take(0.5) is warm
+    assert state.held == {warm} and list(state.idle) == [cold]
+
+
+def test_take_leaves_a_connection_that_needs_a_check_to_the_slow_path() -> None:
+    state = make_state()
+    (rec,) = add_idle(state)
+    assert state.take(5.0) is None  # idle longer than check_after
+    assert list(state.idle) == [rec]
+    assert state.vet_reason(rec, 5.0) == "check"
+
+
+def test_put_back_with_nobody_waiting_parks_the_connection_idle() -> None:
+    state = make_state()
+    add_idle(state)
+    rec = state.take(0.1)
+    assert rec is not None
+    assert state.put_back(rec, 0.2) is None
+    assert list(state.idle) == [rec] and not state.held
+    assert state.counters.returned == 1
+
+
+# ---------------------------------------------------------------------- fairness
+def test_a_waiter_that_waited_fair_after_gets_the_connection_directly() -> None:
+    state = make_state(fair_after=0.03)
+    add_idle(state)
+    rec = state.take(0.0)
+    assert rec is not None
+    w = queue_waiter(state, since=0.0)
+    assert state.put_back(rec, 0.05) is w
+    assert w.rec is rec and w.gone and state.waiting == 0
+    assert rec in state.held and not state.idle
+
+
+def test_a_young_waiter_may_be_overtaken_and_one_handoff_per_turn_is_asked() -> None:
+    state = make_state(fair_after=0.03, max_size=2)
+    add_idle(state, n=2)
+    a, b = state.take(0.0), state.take(0.0)
+    assert a is not None and b is not None
+    w = queue_waiter(state, since=0.01)
+    assert state.put_back(a, 0.02) is HANDOFF  # parked: the releaser may take it back
+    assert state.put_back(b, 0.02) is None  # a hand-off is already pending
+    assert state.take(0.02) is b  # barging: a newcomer takes the warmest
+    assert state.handoff(0.02) == [w]  # what is still idle goes to the waiter
+    assert w.rec is a and not state.idle and not state.handoff_pending
+
+
+def test_fair_after_zero_is_strict_fifo() -> None:
+    state = make_state(fair_after=0.0)
+    add_idle(state)
+    rec = state.take(0.0)
+    assert rec is not None
+    first, second = queue_waiter(state, 0.0), queue_waiter(state, 0.0)
+    assert state.put_back(rec, 0.0) is first
+    assert second.rec is None and state.waiting == 1
+
+
+def test_handoff_serves_the_oldest_waiters_first_and_skips_those_who_left() -> None:
+    state = make_state(max_size=3)
+    add_idle(state, n=2)
+    gone, old, young = (
+        queue_waiter(state, 0.0),
+        queue_waiter(state, 0.01),
+        queue_waiter(state, 0.02),
+    )
+    state.leave(gone, 0.02)
+    woken = state.handoff(0.03)
+    assert woken == [old, young]
+    assert state.waiting == 0 and old.rec is not None and young.rec is not None
+
+
+def test_a_waiter_that_leaves_after_being_served_passes_the_connection_on() -> None:
+    state = make_state(fair_after=0.0)
+    add_idle(state)
+    rec = state.take(0.0)
+    assert rec is not None
+    served, next_in_line = queue_waiter(state, 0.0), queue_waiter(state, 0.0)
+    assert state.put_back(rec, 0.0) is served
+    assert state.leave(served, 0.0) is next_in_line  # interrupted before it ran
+    assert next_in_line.rec is rec and served.rec is None
+
+
+def test_a_waiter_that_leaves_unserved_is_no_longer_counted() -> None:
+    state = make_state(max_waiting=1)
+    add_idle(state)
+    state.take(0.0)
+    w = queue_waiter(state, 0.0)
+    assert state.refusal() == "exhausted"
+    state.leave(w, 0.1)
+    assert state.waiting == 0 and state.refusal() is None
+    assert state.counters.exhausted == 1
+
+
+# ---------------------------------------------------------------------- returning
+def test_a_connection_returned_after_its_lifetime_while_a_waiter_is_queued() -> None:
+    """The newcomer's question: it is closed ("lifetime") and a replacement connect starts at
+    once for the waiter; the waiter is not given the expired connection."""
+    state = make_state(max_size=1, max_lifetime=10.0)
+    add_idle(state)
+    rec = state.take(0.0)
+    assert rec is not None
+    w = queue_waiter(state, 5.0)
+    plan = state.release(rec, 11.0, None)
+    assert plan.close == [(rec, "lifetime")]
+    assert len(plan.connect) == 1 and w.rec is None
+    assert state.counters.discarded["lifetime"] == 1 and not state.held
+
+
+def test_put_back_leaves_expired_invalidated_or_surplus_connections_to_release() -> None:
+    state = make_state(max_size=2, max_lifetime=10.0)
+    add_idle(state, n=2)
+    a, b = state.take(0.0), state.take(0.0)
+    assert a is not None and b is not None
+    assert state.put_back(a, 20.0) is SLOW  # expired
+    state.invalidate(0.0)
+    assert state.put_back(b, 1.0) is SLOW  # from before invalidate()
+    assert state.release(b, 1.0, None).close == [(b, "invalidated")]
+
+
+def test_release_with_a_reason_discards_and_replaces() -> None:
+    state = make_state(min_size=1, max_size=1)
+    add_idle(state)
+    rec = state.take(0.0)
+    assert rec is not None
+    plan = state.release(rec, 0.1, "error")
+    assert plan.close == [(rec, "error")] and len(plan.connect) == 1
+
+
+def test_a_disconnect_makes_every_open_connection_suspect() -> None:
+    state = make_state(max_size=2)
+    a, b = add_idle(state, n=2)
+    state.disconnect()
+    assert state.take(0.1) is None  # the warmest must be checked first
+    assert state.vet_reason(b, 0.1) == "check" and a.suspect
+
+
+# ---------------------------------------------------------------------- connecting
+def test_growth_is_lazy_a_connect_per_uncovered_waiter_at_most_max_connecting() -> None:
+    state = make_state(max_size=10, max_connecting=2)
+    plans = [state.wait(Waiter(0.0), 0.0, False) for _ in range(5)]
+    assert [len(p.connect) for p in plans] == [1, 1, 0, 0, 0]
+    assert len(state.connecting) == 2
+
+
+def test_filling_to_min_size_is_staggered_but_replacements_start_at_once() -> None:
+    state = make_state(min_size=3, max_size=3, spawn_frequency=0.1)
+    state.connecting.clear()
+    assert len(state.plan_connects(1.0).connect) == 1
+    assert len(state.plan_connects(1.05).connect) == 0  # stagger
+    assert len(state.plan_connects(1.1).connect) == 1
+    state.connecting.clear()
+    add_idle(state, 1.2)
+    rec = state.take(1.2)
+    assert rec is not None
+    plan = state.release(rec, 1.21, "error")  # a replacement skips the stagger
+    assert len(plan.connect) == 1
+
+
+def test_a_never_wait_get_still_starts_a_connect() -> None:
+    state = make_state(max_size=2, max_waiting=0)
+    assert state.refusal() == "exhausted"
+    assert len(state.no_wait(0.0).connect) == 1
+
+
+def test_failed_connects_back_off_but_waiters_retry_every_waiter_retry() -> None:
+    state = make_state(max_size=2, reconnect_delay=5.0)
+    attempt = state.plan_connects(0.0, extra=1).connect[0]
+    outcome, plan = state.connect_done(attempt, None, OSError("refused"), 0.0)
+    assert outcome == "failed" and "failed" in plan.events
+    assert not state.plan_connects(0.1, extra=0).connect  # background: respects backoff
+    state.wait(Waiter(0.1), 0.1, False)
+    assert not state.plan_connects(0.1).connect
+    assert len(state.plan_connects(WAITER_RETRY + 0.01).connect) == 1
+
+
+def test_a_new_connection_refused_at_its_first_hand_out_counts_as_a_failed_connect() -> None:
+    state = make_state(max_size=1, fail_fast_after=2)
+    for i in range(2):
+        (rec,) = add_idle(state, now=float(i))
+        state.take_any()
+        state.drop(rec, "check", float(i))
+    assert state.counters.connect_failures == 2 and state.rejected == 2
+    assert state.down and state.next_attempt_at > 1.0
+
+
+def test_the_backend_is_down_after_fail_fast_after_failures_and_waiters_fail() -> None:
+    state = make_state(max_size=1, fail_fast=True, fail_fast_after=2, max_connecting=1)
+    w = queue_waiter(state, 0.0)
+    plan: Plan[object] = Plan()
+    for t in (0.0, 1.0):
+        state.connecting.clear()
+        attempt = state.plan_connects(t + WAITER_RETRY).connect[0]
+        _, plan = state.connect_done(attempt, None, OSError("refused"), t + WAITER_RETRY)
+    assert state.down and "down" in plan.events
+    assert plan.wake == [w] and w.error is not None and state.waiting == 0
+    assert state.refusal() == "down"
+
+
+def test_a_connect_finished_after_close_or_invalidate_is_not_kept() -> None:
+    state = make_state(max_size=2)
+    a = state.plan_connects(0.0, extra=1).connect[0]
+    state.invalidate(0.0)
+    assert state.connect_done(a, object(), None, 0.1)[0] == "invalidated"
+    b = state.plan_connects(0.2, extra=1).connect[0]
+    state.close(0.2)
+    assert state.connect_done(b, object(), None, 0.3)[0] == "closed"
+
+
+# ---------------------------------------------------------------------- whole-pool changes
+def test_close_fails_waiters_and_closes_idle_and_returns_later() -> None:
+    state = make_state(max_size=2)
+    a, _ = add_idle(state, n=2)
+    held = state.take(0.0)
+    w = queue_waiter(state, 0.0)
+    plan = state.close(0.1)
+    assert plan.wake == [w] and w.error is not None
+    assert [r for r, _ in plan.close] == [a] and not state.idle
+    assert held is not None
+    assert state.release(held, 0.2, None).close == [(held, "closed")]
+
+
+def test_resize_down_closes_surplus_idle_and_slows_returns_until_within_bounds() -> None:
+    state = make_state(max_size=3)
+    add_idle(state, n=3)
+    a, b = state.take(0.0), state.take(0.0)
+    plan = state.resize(0, 1, 0.0)
+    assert len(plan.close) == 1 and state.open_count == 2 and not state.fast_put
+    assert a is not None and state.put_back(a, 0.1) is SLOW
+    assert state.release(a, 0.1, None).close == [(a, "idle")]
+    assert state.fast_put and b is not None and state.put_back(b, 0.2) is None
+
+
+def test_after_fork_the_child_forgets_every_inherited_connection() -> None:
+    state = make_state(max_size=3)
+    add_idle(state, n=2)
+    held = state.take(0.0)
+    queue_waiter(state, 0.0)
+    inherited = state.after_fork(PID + 1)
+    assert len(inherited) == 2
+    assert state.open_count == 0 and state.waiting == 0 and state.pid == PID + 1
+    assert held is not None and not state.owns(held)
+    assert not state.release(held, 0.1, "error")  # nothing to do: no hook, no close
+
+
+# ---------------------------------------------------------------------- background work
+def test_due_closes_expired_idle_connections_and_says_when_next() -> None:
+    state = make_state(max_size=2, max_lifetime=10.0)
+    add_idle(state, 0.0)
+    add_idle(state, 5.0)
+    plan, next_at = state.due(11.0)
+    assert [reason for _, reason in plan.close] == ["lifetime"]
+    assert next_at == pytest.approx(15.0)
+
+
+def test_due_reaps_the_coldest_connections_above_min_size_only() -> None:
+    state = make_state(min_size=1, max_size=3, max_idle=10.0)
+    cold, mid, warm = add_idle(state, 0.0, n=3)
+    plan, _ = state.due(20.0)
+    assert [r for r, _ in plan.close] == [cold, mid]
+    assert list(state.idle) == [warm]
+
+
+def test_keepalive_pings_due_connections_but_leaves_one_for_callers() -> None:
+    state = make_state(max_size=3, keepalive=5.0)
+    recs = add_idle(state, 0.0, n=3)
+    plan, _ = state.due(6.0)
+    assert plan.ping == recs[:2] and list(state.idle) == [recs[2]]
+    assert state.ping_done(recs[0], 6.1, None).close == ()
+    assert state.idle[0] is recs[0]  # back at the cold end
