@@ -30,7 +30,8 @@ def name(doc: Doc, impl: str) -> str:
     version = next(
         (e["version"] for w in doc["results"].values() if (e := w.get(impl)) and e["version"]), ""
     )
-    return f"{doc['labels'][impl]} {version}".strip()
+    label = doc["labels"][impl]
+    return label if not version or version in label else f"{label} ({version})"
 
 
 def status(doc: Doc, workload: str, impl: str) -> str | None:
@@ -197,6 +198,16 @@ def chart(doc: Doc, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def update_readme(doc: Doc, path: Path) -> None:
+    """Put :func:`readme` between README.rst's ``bench-table`` markers (full runs only)."""
+    text = path.read_text()
+    start, end = ".. bench-table-start\n", ".. bench-table-end"
+    a, b = text.find(start), text.find(end)
+    if 0 <= a < b:
+        note = ".. Written by the latest full ``make bench`` (also in bench/results/readme.rst)."
+        path.write_text(f"{text[: a + len(start)]}\n{note}\n\n{readme(doc)}\n{text[b:]}")
 
 
 def write(doc: Doc, out: Path, chart_too: bool = True) -> str:

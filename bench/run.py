@@ -196,5 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     doc["targets"] = summary.targets(doc)
     print(render.write(doc, args.out, not args.no_chart))
+    everything = not args.quick and len(impls) == len(LABELS) and len(workloads) == len(WORKLOADS)
+    if everything and args.out.resolve() == DEFAULT_OUT.resolve():
+        render.update_readme(doc, REPO / "README.rst")
     print(f"wrote {args.out}/latest.md, latest.json, readme.rst, chart.png", file=sys.stderr)
     return 0
