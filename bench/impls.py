@@ -12,13 +12,15 @@ from __future__ import annotations
 import builtins
 import collections
 import contextlib
+import functools
 import importlib
 import importlib.metadata
 import inspect
+import operator
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -84,30 +86,40 @@ class Impl:
 
 
 class Borrow:
-    """``with`` over a ``get``/``put`` pair, as a user would write it (a plain class: cheap)."""
+    """``with`` over a ``get``/``put`` pair, as a user would write it (a plain class: cheap);
+    ``unwrap`` turns the pool's item into the raw connection."""
 
-    __slots__ = ("conn", "get", "put")
+    __slots__ = ("conn", "get", "put", "unwrap")
 
-    def __init__(self, get: Callable[[], Any], put: Callable[[Any], None]) -> None:
-        self.get, self.put = get, put
+    def __init__(
+        self,
+        get: Callable[[], Any],
+        put: Callable[[Any], Any],
+        unwrap: Callable[[Any], Any] | None = None,
+    ) -> None:
+        self.get, self.put, self.unwrap = get, put, unwrap
 
     def __enter__(self) -> Any:
-        self.conn = self.get()
-        return self.conn
+        conn = self.conn = self.get()
+        return conn if self.unwrap is None else self.unwrap(conn)
 
     def __exit__(self, *exc: object) -> None:
         self.put(self.conn)
+
+
+SOCK, CLOSE = operator.attrgetter("sock"), operator.methodcaller("close")
 
 
 class Bare(Impl):
     """The floor: a ``gevent.queue.LifoQueue`` of pre-opened connections (barging, unfair)."""
 
     elastic = False
+    queue_class: Callable[[], Any] = LifoQueue
 
     def __init__(self, spec: Spec) -> None:
         super().__init__(spec)
-        self.queue: Any = LifoQueue()
-        self.hold = lambda: Borrow(self.queue.get, self.queue.put)
+        self.queue = self.queue_class()
+        self.hold = functools.partial(Borrow, self.queue.get, self.queue.put)
 
     def start(self) -> None:
         for _ in range(self.spec.max_size):
@@ -147,9 +159,7 @@ class FifoQueue:
 class Fifo(Bare):
     """A 30-line FIFO hand-off (:class:`FifoQueue`): what strict fairness alone costs."""
 
-    def __init__(self, spec: Spec) -> None:
-        super().__init__(spec)
-        self.queue = FifoQueue()
+    queue_class = FifoQueue
 
 
 def load_gcp021() -> Any:
@@ -231,12 +241,7 @@ class Gsocketpool(Impl):
             initial_connections=spec.min_size,
             max_connections=spec.max_size,
         )
-        self.hold = self._hold
-
-    @contextlib.contextmanager
-    def _hold(self) -> Iterator[Any]:
-        with self.pool.connection() as conn:
-            yield conn.sock
+        self.hold = functools.partial(Borrow, self.pool.acquire, self.pool.release, SOCK)
 
 
 class Socketpool(Impl):
@@ -273,15 +278,7 @@ class Socketpool(Impl):
             max_size=spec.max_size,
             options={"factory": spec.factory},
         )
-        self.hold = self._hold
-
-    @contextlib.contextmanager
-    def _hold(self) -> Iterator[Any]:
-        conn = self.pool.get()
-        try:
-            yield conn.sock
-        finally:
-            self.pool.release_connection(conn)
+        self.hold = functools.partial(Borrow, self.pool.get, self.pool.release_connection, SOCK)
 
 
 class GenericConnectionPool(Impl):
@@ -311,7 +308,7 @@ class GenericConnectionPool(Impl):
             max_size=spec.max_size,
             total_max_size=spec.max_size,
         )
-        self.hold = lambda: self.pool.connection("bench")
+        self.hold = functools.partial(self.pool.connection, "bench")
 
     def close(self) -> None:
         self.pool.close(timeout=1.0)
@@ -370,7 +367,8 @@ class RedisPy(Impl):
         params = inspect.signature(self.pool.get_connection).parameters.values()
         required = [p for p in params if p.default is p.empty and p.kind != p.VAR_POSITIONAL]
         args = ("PING",) if required else ()
-        self.hold = lambda: Borrow(lambda: self.pool.get_connection(*args), self.pool.release)
+        get = functools.partial(self.pool.get_connection, *args)
+        self.hold = functools.partial(Borrow, get, self.pool.release)
 
     def close(self) -> None:
         self.pool.disconnect()
@@ -417,15 +415,8 @@ class Sqlalchemy(Impl):
             timeout=3600,
             reset_on_return=None,
         )
-        self.hold = self._hold
-
-    @contextlib.contextmanager
-    def _hold(self) -> Iterator[Any]:
-        conn = self.pool.connect()
-        try:
-            yield conn.dbapi_connection
-        finally:
-            conn.close()
+        unwrap = operator.attrgetter("dbapi_connection")
+        self.hold = functools.partial(Borrow, self.pool.connect, CLOSE, unwrap)
 
     def close(self) -> None:
         self.pool.dispose()
