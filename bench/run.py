@@ -132,12 +132,14 @@ def run_workload(
     for r in range(plan["rounds"]):
         for impl, known in absent.items():
             earlier = rounds[impl][-1:]
-            skipped = earlier[0] if earlier and "skipped" in earlier[0] else None
-            result = known or skipped or run_child(server, impl, workload, plan)
+            reuse = known or (earlier[0] if earlier and "skipped" in earlier[0] else None)
+            t0 = time.monotonic()
+            result = reuse or run_child(server, impl, workload, plan)
+            took = "" if reuse else f" ({time.monotonic() - t0:.1f} s)"
             if result.get("anywhere"):
                 absent[impl] = result
             rounds[impl].append(result)
-            brief = render.brief(workload, result)
+            brief = render.brief(workload, result) + took
             print(f"[{workload} {r + 1}/{plan['rounds']}] {LABELS[impl]}: {brief}", file=sys.stderr)
     return rounds
 
