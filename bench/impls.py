@@ -167,7 +167,7 @@ def load_gcp021() -> Any:
     (``gevent.coros`` = ``gevent.lock``, builtin ``xrange``, its dir on ``sys.path`` for its
     implicit relative import), in this child process only; its files are never edited."""
     if not (GCP021_DIR / "geventconnpool" / "pool.py").is_file():
-        raise ImportError("geventconnpool 0.2.1: run `python -m bench.prepare`")
+        raise ModuleNotFoundError("run `python -m bench.prepare`", name="geventconnpool 0.2.1")
     import gevent.lock
 
     sys.modules.setdefault("gevent.coros", gevent.lock)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.summary import BASE, OURS, get
+from bench.summary import BASE, METRIC, OURS, get
 
 Doc = dict[str, Any]
 
@@ -68,16 +68,13 @@ def overview(doc: Doc) -> tuple[list[str], list[list[str]]]:
 def targets(doc: Doc) -> tuple[list[str], list[list[str]]]:
     """Issue 12's targets, met or missed, for the default pool and for strict FIFO."""
     verdict = {True: "met", False: "**missed**", None: "n/a"}
-    head = ["target", "wanted", "default (fair_after=0.03)", "", "strict FIFO (fair_after=0)", ""]
-    rows = [
-        [t["target"], t["wanted"]]
-        + [
-            x
-            for i in OURS
-            for x in (f"{t[i] or '-'} {t[i + '_spread']}".strip(), verdict[t[i + "_met"]])
-        ]
-        for t in doc["targets"]
-    ]
+    head = ["target", "wanted", "default options", "", "strict FIFO (fair_after=0)", ""]
+    rows = []
+    for t in doc["targets"]:
+        row = [t["target"], t["wanted"]]
+        for i in OURS:
+            row += [f"{t[i] or '-'} {t[i + '_spread']}".strip(), verdict[t[i + "_met"]]]
+        rows.append(row)
     return head, rows
 
 
@@ -105,8 +102,9 @@ def cycle_table(doc: Doc) -> tuple[list[str], list[list[str]]]:
     rows = []
     for impl in doc["labels"]:
         mine = get(doc, "cycle", impl)
-        shown = [f"{mine[c]['median'] / 1e3:.2f} µs" if impl == BASE else fx(mine[c], spread=True)
-                 if c in mine else status(doc, "cycle", impl) or "-" for c in cells]  # fmt: skip
+        shown = [status(doc, "cycle", impl) or "-" if c not in mine
+                 else f"{mine[c]['median'] / 1e3:.2f} µs" if impl == BASE
+                 else fx(mine[c], spread=True) for c in cells]  # fmt: skip
         rows.append([name(doc, impl), *shown])
     return head, rows
 
@@ -140,11 +138,11 @@ def header(doc: Doc) -> str:
 
 def markdown(doc: Doc) -> str:
     """The whole report."""
-    noise = ", ".join(f"{w} ±{v / 2:.0%}" for w, v in doc["noise"].items()) or "one round: unknown"
+    noise = ", ".join(f"{w} ±{v / 2:.0%}" for w, v in doc["noise"].items()) or "unknown (1 round)"
     parts = [header(doc), "## Targets (issue 12)", markdown_table(*targets(doc)),
              "## Overview (ratios: medians of per-round ratios to the bare queue)",
              markdown_table(*overview(doc)),
-             f"Machine noise (bare queue's spread over rounds, worst cell): {noise}."]  # fmt: skip
+             f"Machine noise (the bare queue's own rounds, worst cell): {noise}."]  # fmt: skip
     for cell in get(doc, "ping", BASE) or get(doc, "ping", "ours"):
         parts += [f"## ping, {cell} greenlets, pool of 20", markdown_table(*ping_table(doc, cell))]
     if "cycle" in doc["results"]:
@@ -179,10 +177,8 @@ def chart(doc: Doc, path: Path) -> None:
     cells = {i: c for i in doc["labels"] if (c := get(doc, "ping", i).get("200")) and "x_bare" in c}
     if not cells:
         return
-    names, colours = (
-        [name(doc, i) for i in cells],
-        ["#2b7bba" if i in OURS else "#aaa" for i in cells],
-    )
+    names = [name(doc, i) for i in cells]
+    colours = ["#2b7bba" if i in OURS else "#aaa" for i in cells]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 0.4 * len(cells) + 1.6), sharey=True)
     left.barh(names, [c["x_bare"] for c in cells.values()], color=colours)
     left.axvline(0.97, color="k", lw=0.8, ls=":")
@@ -226,7 +222,5 @@ def brief(workload: str, result: dict[str, Any]) -> str:
     """One progress line for a child's result."""
     if "cells" not in result:
         return str(result.get("skipped") or f"ERROR {result['error']}")[:300]
-    key = {"ping": "req_per_s", "single": "req_per_s", "cycle": "ns_per_op", "spike": "opened"}[
-        workload
-    ]
+    key = METRIC[workload]
     return ", ".join(f"{c}: {v[key]:,.0f}" for c, v in result["cells"].items()) + f" {key}"
