@@ -155,7 +155,7 @@ def markdown(doc: Doc) -> str:
 def readme(doc: Doc) -> str:
     """The README's table, to paste: the overview, with its date, machine and command."""
     m = doc["machine"]
-    warn = "\n\n.. Quick run: placeholder figures." if doc["quick"] else ""
+    warn = "\n\n**Quick run: placeholder figures, not for publication.**" if doc["quick"] else ""
     return (
         f"Measured {doc['date']} on {m['cpu']} ({m['cores']} cores), Python {m['python']}, "
         f"gevent {m['gevent']}, {m['server']}, with ``{doc['command']}``.{warn}\n\n"
@@ -168,6 +168,7 @@ def chart(doc: Doc, path: Path) -> None:
     """ping, 200 greenlets: throughput (x bare) beside the worst wait for a connection."""
     try:
         import matplotlib
+        import matplotlib.ticker
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
@@ -179,18 +180,24 @@ def chart(doc: Doc, path: Path) -> None:
         return
     names = [name(doc, i) for i in cells]
     colours = ["#2b7bba" if i in OURS else "#aaa" for i in cells]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 0.4 * len(cells) + 1.6), sharey=True)
-    left.barh(names, [c["x_bare"] for c in cells.values()], color=colours)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 0.4 * len(cells) + 1.6), sharey=True)
+    bars = left.barh(names, [c["x_bare"] for c in cells.values()], color=colours)
+    left.bar_label(bars, fmt=" %.2fx", fontsize=8)
     left.axvline(0.97, color="k", lw=0.8, ls=":")
+    left.margins(x=0.15)
     left.set_xlabel("throughput, x bare LifoQueue (higher is better)")
-    right.barh(names, [c["wait_us"]["max"] / 1e3 for c in cells.values()], color=colours)
+    waits = [c["wait_us"]["max"] / 1e3 for c in cells.values()]
+    bars = right.barh(names, waits, color=colours)
+    right.bar_label(bars, fmt=" %.0f ms", fontsize=8)
     right.axvline(50, color="k", lw=0.8, ls=":")
     right.set_xscale("log")
-    right.set_xlabel("worst wait for a connection, ms (log; lower is better)")
+    right.set_xlim(1, max(waits) * 4)
+    right.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    right.set_xlabel("worst wait for a connection, ms (lower is better)")
     left.invert_yaxis()
-    fig.suptitle(
-        f"ping: 200 greenlets, pool of 20, {doc['machine']['server']} · {doc['date']}", fontsize=10
-    )
+    quick = " · QUICK RUN: placeholder figures" if doc["quick"] else ""
+    server, date = doc["machine"]["server"], doc["date"]
+    fig.suptitle(f"ping: 200 greenlets, pool of 20, {server} · {date}{quick}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
