@@ -357,7 +357,7 @@ class RedisPy(Impl):
 
     def __init__(self, spec: Spec) -> None:
         super().__init__(spec)
-        import redis
+        redis: Any = importlib.import_module("redis")  # Any: its hints are partial
 
         self.pool = redis.BlockingConnectionPool(
             max_connections=spec.max_size, timeout=None, **redis_kwargs(spec)
@@ -438,7 +438,8 @@ class Ours(Impl):
             def _new_connection(self) -> Any:
                 return spec.factory()
 
-        kwargs = {"min_size": spec.min_size, "max_size": spec.max_size, "reconnect_delay": 0.1}
+        kwargs: dict[str, Any] = {"min_size": spec.min_size, "max_size": spec.max_size}
+        kwargs["reconnect_delay"] = 0.1
         try:
             self.pool = Pool(**kwargs, **self.options)
         except TypeError as exc:

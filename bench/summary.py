@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from bench.common import STEPS
@@ -148,7 +149,7 @@ def flatness(cycle: dict[str, Result]) -> float | None:
 
 
 #: Issue 12's targets, in the order of :func:`measured`: (name, wanted, passes, format).
-TARGETS = [
+TARGETS: list[tuple[str, str, Callable[[float], bool], str]] = [
     ("ping throughput, 200 greenlets", "≥ 0.97x bare", lambda v: v >= 0.97, "{:.2f}x"),
     ("ping throughput, 50 greenlets", "≥ 0.97x bare", lambda v: v >= 0.97, "{:.2f}x"),
     ("ping: worst wait for a connection, every run", "≤ 50 ms", lambda v: v <= 50, "{:.1f} ms"),
@@ -166,7 +167,7 @@ TARGETS = [
 
 def targets(doc: Result) -> list[Result]:
     """Each target, judged from this run's own figures, for the default and the strict FIFO pool."""
-    rows = [{"target": name, "wanted": wanted} for name, wanted, _, _ in TARGETS]
+    rows: list[Result] = [{"target": name, "wanted": wanted} for name, wanted, _, _ in TARGETS]
     for impl in OURS:
         for row, (_, _, ok, spec), (value, spread) in zip(
             rows, TARGETS, measured(doc, impl), strict=True
