@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.close()
     results = {w: summary.summarise(w, rounds) for w, rounds in raw.items()}
+    summary.drop_histograms(raw)
     doc: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join(["python -m bench", *argv]),

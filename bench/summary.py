@@ -90,6 +90,16 @@ def why(runs: list[Result]) -> str:
     return "not run"
 
 
+def drop_histograms(raw: dict[str, dict[str, list[Result]]]) -> None:
+    """Remove the per-round histograms once summarised (the JSON keeps the percentiles)."""
+    for rounds in raw.values():
+        for cell in (
+            c for runs in rounds.values() for r in runs for c in r.get("cells", {}).values()
+        ):
+            cell.pop("wait", None)
+            cell.pop("latency", None)
+
+
 def noise(results: dict[str, dict[str, Result]], raw: dict[str, Any]) -> dict[str, float]:
     """Per workload: the bare queue's spread over rounds, (max - min) / median, worst cell."""
     out = {}
