@@ -1,5 +1,7 @@
-"""Side-by-side benchmarks of geventconnpool against a bare queue, no pool, and peer pools.
+"""Side-by-side benchmarks of geventconnpool against a bare queue and peer pools.
 
-Run ``python -m bench --help``. The parent process (:mod:`bench.run`) never imports gevent's
-monkey patching; each implementation runs in its own child process (:mod:`bench.worker`).
+``python -m bench --help``. The parent (:mod:`bench.run`) starts the server and the children;
+each child (:mod:`bench.child`) runs one workload (:mod:`bench.workloads`) on one
+implementation (:mod:`bench.impls`); :mod:`bench.summary` computes ratios and targets and
+:mod:`bench.render` writes them.
 """

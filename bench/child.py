@@ -1,142 +1,68 @@
-"""The child process's main: one implementation, one workload, one JSON result line.
+"""A child process: ``python -m bench.child '<json job>'`` runs one workload on one implementation.
 
-Started by the parent as ``python -m bench.worker '<json job>'`` (which monkey-patches first).
-The last line on stdout is ``RESULT <json>``: the figures, or ``{"skipped": why}`` when the
-implementation cannot be imported or cannot express the workload, or ``{"error": why}``.
+It monkey-patches first, as a gevent application does, so that the threading-based pools
+(generic-connection-pool, redis-py, SQLAlchemy) become cooperative. Its last stdout line is
+``RESULT <json>``: ``{"version", "cells"}``, or ``{"skipped": why}``, or ``{"error": why}``.
 """
 
-from __future__ import annotations
+from gevent import monkey
 
-import json
-import sys
-import traceback
-from collections.abc import Callable
-from typing import Any
+monkey.patch_all()
 
-from bench.impls import IMPLS, Impl
-from bench.scenarios import recovery, spike
-from bench.workloads import cycle_loop, request_loop, scale_cell, spec_for, warm_up
+import contextlib  # noqa: E402
+import importlib  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import traceback  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from typing import Any  # noqa: E402
+
+from bench.common import Counter, fake_factory, socket_factory  # noqa: E402
+from bench.impls import ADAPTERS, Impl, NotApplicable, Spec  # noqa: E402
 
 Job = dict[str, Any]
-Result = dict[str, Any]
 
 
-class Skip(Exception):
-    """The implementation cannot run this workload (the message says why)."""
+def maker(job: Job, built: list[Impl]) -> Any:
+    """The ``make`` a workload gets: builds, starts and finally closes the job's implementation."""
+    cls = ADAPTERS[job["impl"]]
 
-
-def started(job: Job, min_size: int, max_size: int, **kw: Any) -> Impl:
-    """Build the job's implementation on a fresh spec and wait until it is ready."""
-    impl = IMPLS[job["impl"]](spec_for(job, min_size, max_size, **kw))
-    impl.start(timeout=30.0)
-    return impl
-
-
-def run_cycle(job: Job) -> Result:
-    """``cycle``: checkout/release only, 50 greenlets over 10 real sockets."""
-    p = job["params"]
-    impl = started(job, p["size"], p["size"])
-    try:
-        warm_up(impl, cycle_loop, p["greenlets"], p["warmup"])
-        return cycle_loop(impl, p["greenlets"], p["duration"], p["max_ops"])
-    finally:
-        impl.close()
-
-
-def run_requests(job: Job) -> Result:
-    """``ping`` and ``single``: PING round trips on real sockets."""
-    p = job["params"]
-    impl = started(job, p["size"], p["size"])
-    try:
-        warm_up(impl, request_loop, p["greenlets"], p["warmup"])
-        return request_loop(impl, p["greenlets"], p["duration"], p["max_ops"])
-    finally:
-        impl.close()
-
-
-def run_scale(job: Job) -> Result:
-    """``scale``: the cycle on fake connections at each pool size, for each greenlet count."""
-    p = job["params"]
-    if job["impl"] == "newconn":
-        raise Skip("no pool: pool size means nothing")
-    cells: dict[str, Result] = {}
-    for size in p["sizes"]:
-        impl = started(job, size, size, fake=True)
+    @contextlib.contextmanager
+    def make(
+        min_size: int, max_size: int, fake: bool = False, delay: float = 0.0
+    ) -> Iterator[Impl]:
+        if min_size < max_size and not cls.elastic:
+            raise NotApplicable("fixed size: cannot have min_size < max_size")
+        counter = Counter()
+        host, port = job["host"], job["port"]
+        factory = fake_factory(counter, delay) if fake else socket_factory(host, port, counter)
+        impl = cls(Spec(min_size, max_size, factory, counter, host, port, fake, delay))
+        built.append(impl)
         try:
-            for greenlets in p["greenlets"]:
-                cells[f"{size}/{greenlets}"] = scale_cell(
-                    impl, greenlets, p["free"], p["duration"], p["max_ops"]
-                )
+            impl.start()
+            yield impl
         finally:
             impl.close()
-    return {"cells": cells, "connections": "fake objects (no sockets) at every size"}
+
+    return make
 
 
-def run_spike(job: Job) -> Result:
-    """``spike``: HikariCP's test, on fake connections whose connect takes ``connect_s``."""
-    p = job["params"]
-    cls = IMPLS[job["impl"]]
-    if not cls.elastic:
-        raise Skip("fixed size: cannot express min_size < max_size")
-    impl = started(job, p["min_size"], p["max_size"], fake=True, delay=p["connect_s"])
+def run(job: Job) -> dict[str, Any]:
+    """Run the job; never raises (the parent reads what happened from the result)."""
+    built: list[Impl] = []
     try:
-        return spike(impl, p["callers"], p["hold_s"], p["settle_s"])
-    finally:
-        impl.close()
+        workload = importlib.import_module(f"bench.workloads.{job['workload']}")
+        cells = workload.run(maker(job, built), job["params"])
+        return {"version": built[0].version(), "cells": cells}
+    except NotApplicable as exc:
+        return {"skipped": f"n/a: {exc}", "anywhere": exc.anywhere}
+    except ModuleNotFoundError as exc:  # a peer, or a module of ours that is not written yet
+        if exc.name != "geventconnpool":
+            return {"skipped": f"not installed: {exc}", "anywhere": True}
+        return {"error": f"{exc}", "traceback": traceback.format_exc(-6)}
+    except Exception as exc:  # an ImportError inside a package is a bug, not a missing peer
+        return {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(-6)}
 
 
-def run_recovery(job: Job) -> Result:
-    """``recovery``: real sockets with a timeout, while the parent restarts the server."""
-    p = job["params"]
-    cls = IMPLS[job["impl"]]
-    if not cls.recovers:
-        raise Skip("cannot replace a dead connection")
-    # Every option at its default here (no SPAWN_FREQUENCY=0): this is about reconnecting.
-    impl = started(
-        job, p["size"], p["size"], timeout=p["socket_timeout"], extra={"fill_at_once": False}
-    )
-    try:
-        return recovery(
-            impl,
-            p["greenlets"],
-            p["duration"],
-            p["think_s"],
-            p["max_ops"],
-            p["max_failures"],
-            p["interval"],
-        )
-    finally:
-        impl.close()
-
-
-WORKLOADS: dict[str, Callable[[Job], Result]] = {
-    "cycle": run_cycle,
-    "ping": run_requests,
-    "single": run_requests,
-    "scale": run_scale,
-    "spike": run_spike,
-    "recovery": run_recovery,
-}
-
-
-def run(job: Job) -> Result:
-    """Run one job; never raises (the parent reads what happened from the result)."""
-    try:
-        result = WORKLOADS[job["workload"]](job)
-        return {"version": IMPLS[job["impl"]].version()} | result
-    except Skip as exc:
-        return {"skipped": str(exc)}
-    except ImportError as exc:
-        return {"skipped": f"not installed: {exc}"}
-    except Exception as exc:
-        tb = traceback.format_exc(limit=6)
-        return {"error": f"{type(exc).__name__}: {exc}", "traceback": tb[-2000:]}
-
-
-def main(argv: list[str]) -> int:
-    """Entry point: ``argv[1]`` is the JSON job."""
-    job = json.loads(argv[1])
-    result = run(job)
-    sys.stdout.flush()
-    print("RESULT " + json.dumps(result), flush=True)
-    return 0
+if __name__ == "__main__":
+    print("RESULT " + json.dumps(run(json.loads(sys.argv[1]))), flush=True)

@@ -1,8 +1,10 @@
-"""One adapter per implementation under test, all with the same small interface.
+"""One adapter per implementation under test, each built from a :class:`Spec` and used as
+``with impl.hold() as conn:``. Redis clients also have ``client`` (a ``redis.Redis``).
 
-Each adapter runs only inside its own child process (see :mod:`bench.worker`), so two versions of
-``geventconnpool`` never meet. Third-party packages are imported lazily, in the adapter's
-constructor: a missing one raises :class:`ImportError`, which the worker reports as "skipped".
+Adapters run only in their own child process (see :mod:`bench.child`), so two versions of
+``geventconnpool`` never meet. Third-party packages are imported in the constructor: a missing
+one raises :class:`ImportError`, reported as "not installed"; :class:`NotApplicable` says that
+an implementation cannot express a workload (shown as n/a).
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import functools
 import importlib
 import importlib.metadata
 import inspect
+import operator
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -26,189 +29,104 @@ import gevent
 from gevent.hub import Waiter, get_hub
 from gevent.queue import LifoQueue
 
-from bench.conn import Counter, Factory, FakeConnection, close_quietly, fake_factory, ping
+from bench.common import Counter, Factory, close_quietly
 
 #: Where ``python -m bench.prepare`` installs geventconnpool 0.2.1 (never on sys.path by default).
 GCP021_DIR = Path(__file__).resolve().parent / ".cache" / "gcp021"
 
-Snapshot = dict[str, int]
+
+class NotApplicable(Exception):
+    """The implementation cannot run this workload (the message says why), or any workload."""
+
+    def __init__(self, why: str, anywhere: bool = False) -> None:
+        super().__init__(why)
+        self.anywhere = anywhere
 
 
 @dataclass
-class PoolSpec:
-    """What a workload asks of a pool: its sizes and how to make one connection."""
+class Spec:
+    """What a workload asks of a pool: its sizes, and how to make one connection."""
 
     min_size: int
     max_size: int
     factory: Factory
     counter: Counter
-    host: str = "127.0.0.1"
-    port: int = 0
-    fake: bool = False
+    host: str
+    port: int
+    fake: bool
     connect_delay: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-Hold = Callable[[], contextlib.AbstractContextManager[Any]]
-
-
-class Borrow:
-    """``with``-block over an adapter's ``acquire``/``release`` pair, as a user would write it.
-
-    A plain class (not ``@contextmanager``) so that the bench adds as little as possible to the
-    pools whose API is a get/put pair; a connection error inside the block calls ``discard``.
-    """
-
-    __slots__ = ("conn", "impl")
-
-    def __init__(self, impl: Impl) -> None:
-        self.impl = impl
-
-    def __enter__(self) -> Any:
-        self.conn = self.impl.acquire()
-        return self.impl.raw(self.conn)
-
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        if exc is not None and isinstance(exc, self.impl.exc_classes):
-            self.impl.discard(self.conn)
-        self.impl.release(self.conn)
-
-
-class QueueHold:
-    """The bare queue's ``with`` block: ``get()`` on enter, ``put()`` on exit, nothing else."""
-
-    __slots__ = ("conn", "queue")
-
-    def __init__(self, queue: Any) -> None:
-        self.queue = queue
-
-    def __enter__(self) -> Any:
-        self.conn = self.queue.get()
-        return self.conn
-
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        self.queue.put(self.conn)
 
 
 class Impl:
-    """Base adapter: a pool built from a :class:`PoolSpec`, used through :attr:`hold`.
+    """Base adapter. ``hold`` is set to the pool's own context-manager factory where it has one,
+    so the bench adds no frame between the workload and the pool."""
 
-    ``hold()`` returns a context manager that checks out one raw connection; it is an attribute
-    (set by the subclass) so the pool's own ``get()`` is called with no adapter frame between.
-    """
+    hold: Callable[[], contextlib.AbstractContextManager[Any]]
+    client: Any = None
+    dist: ClassVar[str | None] = None  # distribution whose version is reported
+    elastic: ClassVar[bool] = True  # can grow from min_size to max_size (for ``spike``)
 
-    hold: Hold
-
-    key: ClassVar[str] = ""
-    label: ClassVar[str] = ""
-    #: Distribution whose version is reported (None: this repository).
-    dist: ClassVar[str | None] = None
-    #: Can it have min_size < max_size and grow on demand (needed by ``spike``)?
-    elastic: ClassVar[bool] = True
-    #: Can it replace dead connections (needed by ``recovery``)?
-    recovers: ClassVar[bool] = True
-    exc_classes: tuple[type[BaseException], ...] = (OSError,)
-
-    def __init__(self, spec: PoolSpec) -> None:
+    def __init__(self, spec: Spec) -> None:
         self.spec = spec
 
-    def start(self, timeout: float) -> None:
-        """Block until ``min_size`` connections are open (the default prefills by holding them)."""
-        self.prefill(self.spec.min_size)
-
-    def prefill(self, count: int) -> None:
-        """Check out ``count`` connections at once and give them back, so they exist."""
+    def start(self) -> None:
+        """Return once ``min_size`` connections are open (default: check that many out at once)."""
         with contextlib.ExitStack() as stack:
-            for _ in range(count):
+            for _ in range(self.spec.min_size):
                 stack.enter_context(self.hold())
 
-    def borrow(self) -> Borrow:
-        """A :class:`Borrow` over :meth:`acquire`/:meth:`release` (for get/put APIs)."""
-        return Borrow(self)
-
-    def acquire(self) -> Any:
-        """Check out one pool item (for :class:`Borrow`)."""
-        raise NotImplementedError
-
-    def release(self, item: Any) -> None:
-        """Give an item back (for :class:`Borrow`)."""
-        raise NotImplementedError
-
-    def discard(self, item: Any) -> None:
-        """Tell the pool an item's connection broke (for :class:`Borrow`); default: nothing."""
-
-    def raw(self, item: Any) -> Any:
-        """The raw connection inside a pool item (for :class:`Borrow`); default: the item."""
-        return item
-
-    def request(self) -> None:
-        """One PING round trip through the pool."""
-        with self.hold() as sock:
-            ping(sock)
-
-    def retrying(
-        self, fn: Callable[[], None], max_failures: int, interval: float
-    ) -> Callable[[], None]:
-        """``fn`` retried on connection errors, like 0.2.1's ``@retry`` (peers have none)."""
-
-        def call() -> None:
-            failures = 0
-            while True:
-                try:
-                    return fn()
-                except self.exc_classes:
-                    failures += 1
-                    if failures > max_failures:
-                        raise
-                    gevent.sleep(interval)
-
-        return call
-
-    def snapshot(self) -> Snapshot | None:
-        """The pool's own view of its state (open/idle/in_use/waiting/connecting), if it has one."""
-        return None
-
     def close(self) -> None:
-        """Release everything the pool holds."""
+        """Close what the pool holds."""
 
-    @classmethod
-    def version(cls) -> str:
-        """Version of the package under test (call after it was imported)."""
-        if cls.dist is None:
-            return "this repository"
-        try:
-            return importlib.metadata.version(cls.dist)
-        except importlib.metadata.PackageNotFoundError:
-            return "?"
+    def version(self) -> str:
+        """Version of what is measured."""
+        return (
+            importlib.metadata.version(self.dist) if self.dist else f"gevent {gevent.__version__}"
+        )
 
 
-class BareQueue(Impl):
-    """The floor: a ``gevent.queue.LifoQueue`` of pre-opened connections."""
+class Borrow:
+    """``with`` over a ``get``/``put`` pair, as a user would write it (a plain class: cheap);
+    ``unwrap`` turns the pool's item into the raw connection."""
 
-    key = "bare"
-    label = "bare LifoQueue"
+    __slots__ = ("conn", "get", "put", "unwrap")
+
+    def __init__(
+        self,
+        get: Callable[[], Any],
+        put: Callable[[Any], Any],
+        unwrap: Callable[[Any], Any] | None = None,
+    ) -> None:
+        self.get, self.put, self.unwrap = get, put, unwrap
+
+    def __enter__(self) -> Any:
+        conn = self.conn = self.get()
+        return conn if self.unwrap is None else self.unwrap(conn)
+
+    def __exit__(self, *exc: object) -> None:
+        self.put(self.conn)
+
+
+SOCK, CLOSE = operator.attrgetter("sock"), operator.methodcaller("close")
+
+
+class Bare(Impl):
+    """The floor: a ``gevent.queue.LifoQueue`` of pre-opened connections (barging, unfair)."""
+
     elastic = False
-    recovers = False
+    queue_class: Callable[[], Any] = LifoQueue
 
-    def __init__(self, spec: PoolSpec) -> None:
+    def __init__(self, spec: Spec) -> None:
         super().__init__(spec)
-        self.queue: LifoQueue[Any] = LifoQueue()
-        self.hold = functools.partial(QueueHold, self.queue)
+        self.queue = self.queue_class()
+        self.hold = functools.partial(Borrow, self.queue.get, self.queue.put)
 
-    def start(self, timeout: float) -> None:
+    def start(self) -> None:
         for _ in range(self.spec.max_size):
             self.queue.put(self.spec.factory())
 
-    def close(self) -> None:
-        while not self.queue.empty():
-            close_quietly(self.queue.get())
 
-    @classmethod
-    def version(cls) -> str:
-        return f"gevent {gevent.__version__}"
-
-
-class FifoHandoff:
+class FifoQueue:
     """The least a first-come-first-served pool does: a returned connection goes to the oldest
     waiter (through the hub, as gevent requires), never back to a greenlet that did not wait."""
 
@@ -226,7 +144,7 @@ class FifoHandoff:
         try:
             return waiter.get()
         except BaseException:
-            if waiter in self.waiters:
+            with contextlib.suppress(ValueError):
                 self.waiters.remove(waiter)
             raise
 
@@ -238,301 +156,178 @@ class FifoHandoff:
             self.idle.append(conn)
 
 
-class FairFloor(Impl):
-    """A 30-line FIFO-handoff queue: what strict fairness costs, without any pool features."""
+class Fifo(Bare):
+    """A 30-line FIFO hand-off (:class:`FifoQueue`): what strict fairness alone costs."""
 
-    key = "fair"
-    label = "FIFO handoff (reference)"
-    elastic = False
-    recovers = False
-
-    def __init__(self, spec: PoolSpec) -> None:
-        super().__init__(spec)
-        self.queue = FifoHandoff()
-        self.hold = functools.partial(QueueHold, self.queue)
-
-    def start(self, timeout: float) -> None:
-        for _ in range(self.spec.max_size):
-            self.queue.put(self.spec.factory())
-
-    def close(self) -> None:
-        for conn in self.queue.idle:
-            close_quietly(conn)
-
-    @classmethod
-    def version(cls) -> str:
-        return f"gevent {gevent.__version__}"
-
-
-class NewConnection(Impl):
-    """No pool: connect, use, close for every request."""
-
-    key = "newconn"
-    label = "new connection per request"
-
-    def __init__(self, spec: PoolSpec) -> None:
-        super().__init__(spec)
-        self.hold = self.borrow
-
-    def start(self, timeout: float) -> None:
-        pass
-
-    def acquire(self) -> Any:
-        return self.spec.factory()
-
-    def release(self, item: Any) -> None:
-        close_quietly(item)
-
-    @classmethod
-    def version(cls) -> str:
-        return f"gevent {gevent.__version__}"
+    queue_class = FifoQueue
 
 
 def load_gcp021() -> Any:
-    """Import geventconnpool 0.2.1 from :data:`GCP021_DIR` with the Python 3 shims it needs.
-
-    The shims live in this process only: ``gevent.coros`` is aliased to ``gevent.lock`` in
-    ``sys.modules``, ``xrange`` is made a builtin, and the package's own directory goes on
-    ``sys.path`` for its Python 2 implicit relative import (``from pool import ...``).
-    Its files are never edited.
-    """
+    """Import geventconnpool 0.2.1 from :data:`GCP021_DIR` with the shims Python 3 needs
+    (``gevent.coros`` = ``gevent.lock``, builtin ``xrange``, its dir on ``sys.path`` for its
+    implicit relative import), in this child process only; its files are never edited."""
     if not (GCP021_DIR / "geventconnpool" / "pool.py").is_file():
-        raise ImportError("geventconnpool 0.2.1 not installed: run `python -m bench.prepare`")
-    loaded = sys.modules.get("geventconnpool")
-    if loaded is not None:
-        if not str(loaded.__file__).startswith(str(GCP021_DIR)):
-            raise RuntimeError("this repository's geventconnpool is already imported here")
-        return loaded
+        raise ModuleNotFoundError("run `python -m bench.prepare`", name="geventconnpool 0.2.1")
     import gevent.lock
 
     sys.modules.setdefault("gevent.coros", gevent.lock)
     builtins.xrange = range  # type: ignore[attr-defined]
-    sys.path.insert(0, str(GCP021_DIR / "geventconnpool"))
-    sys.path.insert(0, str(GCP021_DIR))
-    import geventconnpool as old
-
+    sys.path[:0] = [str(GCP021_DIR), str(GCP021_DIR / "geventconnpool")]
+    old = importlib.import_module("geventconnpool")
     if not str(old.__file__).startswith(str(GCP021_DIR)):
         raise RuntimeError(f"imported the wrong geventconnpool: {old.__file__}")
     return old
 
 
 class Gcp021(Impl):
-    """geventconnpool 0.2.1 from PyPI: a BoundedSemaphore plus a deque, fixed size."""
+    """geventconnpool 0.2.1: a BoundedSemaphore plus a deque, fixed size; SPAWN_FREQUENCY=0
+    so that large pools fill at once."""
 
-    key = "gcp021"
-    label = "geventconnpool 0.2.1"
     elastic = False
 
-    def __init__(self, spec: PoolSpec) -> None:
+    def __init__(self, spec: Spec) -> None:
         super().__init__(spec)
-        self.mod = load_gcp021()
         factory = spec.factory
 
-        class Pool(self.mod.ConnectionPool):  # type: ignore[misc,name-defined]
+        class Pool(load_gcp021().ConnectionPool):  # type: ignore[misc]
             SPAWN_FREQUENCY = 0
 
             def _new_connection(self) -> Any:
-                try:
-                    return factory()
-                except OSError:
-                    return None  # 0.2.1's contract: a falsy result means "retry later"
+                return factory()
 
-        self.pool_class = Pool
-
-    def start(self, timeout: float) -> None:
-        self.pool = self.pool_class(self.spec.max_size)
-        deadline = time.monotonic() + timeout
-        while len(self.pool.conn) < self.spec.max_size and time.monotonic() < deadline:
-            gevent.sleep(0.001)
+        self.pool = Pool(spec.max_size)
         self.hold = self.pool.get
 
-    def retrying(
-        self, fn: Callable[[], None], max_failures: int, interval: float
-    ) -> Callable[[], None]:
-        return self.mod.retry(fn, max_failures=max_failures, interval=interval)  # type: ignore[no-any-return]
+    def start(self) -> None:
+        deadline = time.monotonic() + 60
+        while len(self.pool.conn) < self.spec.max_size and time.monotonic() < deadline:
+            gevent.sleep(0.001)
 
-    @classmethod
-    def version(cls) -> str:
+    def version(self) -> str:
         return "0.2.1"
 
 
-class GsocketpoolConnection:
-    """A gsocketpool ``Connection`` whose ``open()`` makes a fresh socket (its own cannot)."""
+class GsocketConnection:
+    """A gsocketpool ``Connection`` over our factory."""
 
     def __init__(self, factory: Factory) -> None:
-        self.factory = factory
-        self.sock: Any = None
-
-    def open(self) -> None:
-        self.sock = self.factory()
-
-    def close(self) -> None:
-        if self.sock is not None:
-            close_quietly(self.sock)
-            self.sock = None
+        self.sock = factory()
 
     def get(self) -> Any:
         return self.sock
 
+    def open(self) -> None: ...
+    def close(self) -> None:
+        close_quietly(self.sock)
+
     def is_connected(self) -> bool:
-        return self.sock is not None
+        return True
 
     def is_expired(self) -> bool:
         return False
 
 
 class Gsocketpool(Impl):
-    """gsocketpool: deques of idle and in-use connections; waiters poll every 100 ms."""
+    """gsocketpool: waiters poll every 0.1 s and give up after 10 tries."""
 
-    key = "gsocketpool"
-    label = "gsocketpool"
     dist = "gsocketpool"
 
-    def __init__(self, spec: PoolSpec) -> None:
+    def __init__(self, spec: Spec) -> None:
         super().__init__(spec)
         import gsocketpool
 
-        factory = spec.factory
         self.pool = gsocketpool.Pool(
-            lambda: GsocketpoolConnection(factory),
+            lambda: GsocketConnection(spec.factory),
             initial_connections=spec.min_size,
             max_connections=spec.max_size,
         )
-        self.hold = self._hold
-
-    def start(self, timeout: float) -> None:
-        pass  # initial_connections were opened by the constructor
-
-    @contextlib.contextmanager
-    def _hold(self) -> Iterator[Any]:
-        """Its own ``connection()`` context, reopening a connection closed after an error."""
-        with self.pool.connection() as conn:
-            if not conn.is_connected():
-                conn.open()
-            try:
-                yield conn.get()
-            except self.exc_classes:
-                conn.close()
-                raise
+        self.hold = functools.partial(Borrow, self.pool.acquire, self.pool.release, SOCK)
 
 
 class Socketpool(Impl):
-    """socketpool (benoitc) with its gevent backend: never waits, caps idle connections only."""
+    """socketpool (benoitc), gevent backend: never waits (opens a connection when none is idle;
+    ``max_size`` caps idle connections only); checks each socket with poll() on checkout."""
 
-    key = "socketpool"
-    label = "socketpool"
     dist = "socketpool"
 
-    def __init__(self, spec: PoolSpec) -> None:
+    def __init__(self, spec: Spec) -> None:
         super().__init__(spec)
         from socketpool import ConnectionPool
         from socketpool.conn import Connector
         from socketpool.util import is_connected
 
-        fake = spec.fake
-
-        class BenchConnector(Connector):  # type: ignore[misc]
+        class Conn(Connector):  # type: ignore[misc]
             def __init__(self, factory: Factory, backend_mod: Any, pool: Any = None) -> None:
-                self.sock = factory()
-                self.connected = True
-                self.life = time.time()
+                self.sock, self.life = factory(), time.time()
 
             def matches(self, **options: Any) -> bool:
                 return True
 
             def is_connected(self) -> bool:
-                return self.connected and (fake or bool(is_connected(self.sock)))
-
-            def handle_exception(self, exception: BaseException) -> None:
-                pass
+                return spec.fake or bool(is_connected(self.sock))
 
             def get_lifetime(self) -> float:
                 return self.life
 
             def invalidate(self) -> None:
                 close_quietly(self.sock)
-                self.connected = False
-                self.life = -1
 
         self.pool = ConnectionPool(
-            factory=BenchConnector,
+            factory=Conn,
             backend="gevent",
             max_size=spec.max_size,
             options={"factory": spec.factory},
         )
-        self.hold = self.borrow
-
-    def acquire(self) -> Any:
-        return self.pool.get()
-
-    def release(self, item: Any) -> None:
-        self.pool.release_connection(item)
-
-    def discard(self, item: Any) -> None:
-        item.invalidate()
-
-    def raw(self, item: Any) -> Any:
-        return item.sock
+        self.hold = functools.partial(Borrow, self.pool.get, self.pool.release_connection, SOCK)
 
 
 class GenericConnectionPool(Impl):
-    """generic-connection-pool's threading pool, made cooperative by ``monkey.patch_all()``."""
+    """generic-connection-pool's threading pool, cooperative under ``monkey.patch_all()``;
+    checks each socket (MSG_PEEK) on checkout."""
 
-    key = "gcpool"
-    label = "generic-connection-pool"
     dist = "generic-connection-pool"
-    endpoint = "bench"
 
-    def __init__(self, spec: PoolSpec) -> None:
+    def __init__(self, spec: Spec) -> None:
         super().__init__(spec)
         from generic_connection_pool.contrib.socket import SocketAlivenessCheckingMixin
         from generic_connection_pool.threading import BaseConnectionManager, ConnectionPool
 
-        factory = spec.factory
-
         class Manager(BaseConnectionManager[Any, Any]):
             def create(self, endpoint: Any, timeout: float | None = None) -> Any:
-                return factory()
+                return spec.factory()
 
             def dispose(self, endpoint: Any, conn: Any, timeout: float | None = None) -> None:
                 close_quietly(conn)
 
-        class SocketManager(SocketAlivenessCheckingMixin[Any], Manager):
+        class Checked(SocketAlivenessCheckingMixin[Any], Manager):
             pass
 
-        manager = Manager() if spec.fake else SocketManager()
         self.pool = ConnectionPool(
-            manager,
+            Manager() if spec.fake else Checked(),
             min_idle=spec.min_size,
             max_size=spec.max_size,
             total_max_size=spec.max_size,
         )
-        # Its own context manager; a broken socket goes back and fails the next aliveness check.
-        self.hold = functools.partial(self.pool.connection, self.endpoint)
+        self.hold = functools.partial(self.pool.connection, "bench")
 
     def close(self) -> None:
         self.pool.close(timeout=1.0)
 
 
 class FakeRedisConnection:
-    """Enough of ``redis.Connection`` for the pool's checkout/release path, without a socket."""
+    """Enough of ``redis.Connection`` for the pool's checkout/release path, with no socket."""
 
-    def __init__(self, counter: Counter, delay: float = 0.0, **_: Any) -> None:
-        self.pid = os.getpid()
-        self.factory = fake_factory(counter, delay)
-        self.conn: FakeConnection | None = None
+    def __init__(self, factory: Factory, **_: Any) -> None:
+        self.pid, self.factory, self.conn = os.getpid(), factory, None
 
     def connect(self) -> None:
-        if self.conn is None:
-            self.conn = self.factory()
+        self.conn = self.conn or self.factory()
 
     def can_read(self, timeout: float = 0) -> bool:
         return False
 
     def disconnect(self, *args: Any, **kwargs: Any) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
+        self.conn = None
 
     def should_reconnect(self) -> bool:
         return False
@@ -541,99 +336,75 @@ class FakeRedisConnection:
         raise AttributeError(name)
 
 
-def redis_driver_kwargs(connection_class: type) -> dict[str, Any]:
-    """Keyword arguments that stop redis-py from sending CLIENT SETINFO on connect."""
-    params = inspect.signature(connection_class).parameters
+def redis_kwargs(spec: Spec) -> dict[str, Any]:
+    """redis-py connection arguments: fake connections, or the server without CLIENT SETINFO."""
+    redis: Any = importlib.import_module("redis")
+    if spec.fake:
+        return {"connection_class": FakeRedisConnection, "factory": spec.factory}
+    params = inspect.signature(redis.connection.Connection).parameters
+    quiet: dict[str, Any] = {}
     if "driver_info" in params:
-        return {"driver_info": None}
-    if "lib_name" in params:
-        return {"lib_name": None, "lib_version": None}
-    return {}
-
-
-def redis_get_args(get_connection: Callable[..., Any]) -> tuple[str, ...]:
-    """``()`` for redis-py >= 5.3 (no arguments), ``("PING",)`` where a command name is required."""
-    params = list(inspect.signature(get_connection).parameters.values())
-    required = params and params[0].default is inspect.Parameter.empty
-    return ("PING",) if required and params[0].kind is not params[0].VAR_POSITIONAL else ()
+        quiet = {"driver_info": None}
+    elif "lib_name" in params:
+        quiet = {"lib_name": None, "lib_version": None}
+    return {"host": spec.host, "port": spec.port, **quiet}
 
 
 class RedisPy(Impl):
-    """redis-py's ``BlockingConnectionPool``; ``ping`` goes through the full client."""
+    """redis-py's ``BlockingConnectionPool``; ``ping`` runs through the full client (RESP)."""
 
-    key = "redispy"
-    label = "redis-py BlockingConnectionPool"
     dist = "redis"
 
-    def __init__(self, spec: PoolSpec) -> None:
+    def __init__(self, spec: Spec) -> None:
         super().__init__(spec)
-        redis: Any = importlib.import_module("redis")  # Any: its partial hints are not strict
-        BlockingConnectionPool = redis.connection.BlockingConnectionPool
-        Connection = redis.connection.Connection
+        redis: Any = importlib.import_module("redis")  # Any: its hints are partial
 
-        self.exc_classes = (
-            OSError,
-            redis.exceptions.ConnectionError,
-            redis.exceptions.TimeoutError,
+        self.pool = redis.BlockingConnectionPool(
+            max_connections=spec.max_size, timeout=None, **redis_kwargs(spec)
         )
-        counter = spec.counter
-        kwargs: dict[str, Any]
-        if spec.fake:
-            kwargs = {
-                "connection_class": FakeRedisConnection,
-                "counter": counter,
-                "delay": spec.connect_delay,
-            }
-        else:
-
-            class CountingConnection(Connection):  # type: ignore[misc,valid-type]
-                def _connect(self) -> Any:
-                    counter.connecting += 1
-                    try:
-                        sock = super()._connect()
-                    except BaseException:
-                        counter.failed += 1
-                        raise
-                    finally:
-                        counter.connecting -= 1
-                    counter.created += 1
-                    return sock
-
-            kwargs = {
-                "connection_class": CountingConnection,
-                "host": spec.host,
-                "port": spec.port,
-                **redis_driver_kwargs(Connection),
-            }
-        self.pool = BlockingConnectionPool(max_connections=spec.max_size, timeout=None, **kwargs)
         self.client = redis.Redis(connection_pool=self.pool)
-        self.get_args = redis_get_args(self.pool.get_connection)
-        self.hold = self.borrow
-
-    def acquire(self) -> Any:
-        return self.pool.get_connection(*self.get_args)
-
-    def release(self, item: Any) -> None:
-        self.pool.release(item)
-
-    def discard(self, item: Any) -> None:
-        item.disconnect()
-
-    def request(self) -> None:
-        self.client.ping()
+        # redis-py < 5.3 wants a command name; newer versions take none.
+        params = inspect.signature(self.pool.get_connection).parameters.values()
+        required = [p for p in params if p.default is p.empty and p.kind != p.VAR_POSITIONAL]
+        args = ("PING",) if required else ()
+        get = functools.partial(self.pool.get_connection, *args)
+        self.hold = functools.partial(Borrow, get, self.pool.release)
 
     def close(self) -> None:
         self.pool.disconnect()
 
 
-class SqlalchemyQueuePool(Impl):
-    """SQLAlchemy's ``QueuePool`` with a plain creator: the generic pool many gevent apps use."""
+class OursRedisPy(Impl):
+    """This repository's redis-py adapter, ``geventconnpool.contrib.redispy``."""
 
-    key = "sqlalchemy"
-    label = "SQLAlchemy QueuePool"
+    def __init__(self, spec: Spec) -> None:
+        super().__init__(spec)
+        import redis
+        from geventconnpool.contrib.redispy import RedisPyConnectionPool
+
+        if spec.fake:
+            raise NotApplicable("makes its own redis connections")
+
+        self.pool = RedisPyConnectionPool(host=spec.host, port=spec.port, max_size=spec.max_size)
+        self.client = redis.Redis(connection_pool=self.pool)
+
+    def start(self) -> None:
+        self.client.ping()
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def version(self) -> str:
+        return our_version()
+
+
+class Sqlalchemy(Impl):
+    """SQLAlchemy's ``QueuePool`` with a plain creator (``pool_size=min``,
+    ``max_overflow=max-min``, ``reset_on_return=None``)."""
+
     dist = "sqlalchemy"
 
-    def __init__(self, spec: PoolSpec) -> None:
+    def __init__(self, spec: Spec) -> None:
         super().__init__(spec)
         from sqlalchemy.pool import QueuePool
 
@@ -644,94 +415,74 @@ class SqlalchemyQueuePool(Impl):
             timeout=3600,
             reset_on_return=None,
         )
-        self.hold = self.borrow
-
-    def acquire(self) -> Any:
-        return self.pool.connect()
-
-    def release(self, item: Any) -> None:
-        if item.is_valid:
-            item.close()
-
-    def discard(self, item: Any) -> None:
-        item.invalidate()  # also returns it to the pool, which reconnects lazily
-
-    def raw(self, item: Any) -> Any:
-        return item.dbapi_connection
+        unwrap = operator.attrgetter("dbapi_connection")
+        self.hold = functools.partial(Borrow, self.pool.connect, CLOSE, unwrap)
 
     def close(self) -> None:
         self.pool.dispose()
 
 
 class Ours(Impl):
-    """This repository's ``geventconnpool.ConnectionPool`` (see ``NOTES`` for its options)."""
+    """This repository's ``ConnectionPool``, default options except ``SPAWN_FREQUENCY=0``
+    (fill at once, as for 0.2.1) and ``reconnect_delay=0.1``."""
 
-    key = "ours"
-    label = "geventconnpool (this)"
+    options: ClassVar[dict[str, Any]] = {}
 
-    def __init__(self, spec: PoolSpec) -> None:
+    def __init__(self, spec: Spec) -> None:
         super().__init__(spec)
         import geventconnpool
 
-        factory = spec.factory
-        options = dict(spec.extra)
-        fill_at_once = options.pop("fill_at_once", True)
-
-        class BenchPool(geventconnpool.ConnectionPool[Any]):
-            if fill_at_once:
-                SPAWN_FREQUENCY = 0.0
+        class Pool(geventconnpool.ConnectionPool[Any]):
+            SPAWN_FREQUENCY = 0.0
 
             def _new_connection(self) -> Any:
-                return factory()
+                return spec.factory()
 
-        if fill_at_once:
-            options.setdefault("reconnect_delay", 0.1)  # its default: SPAWN_FREQUENCY's value
-        self.mod = geventconnpool
-        self.pool = BenchPool(min_size=spec.min_size, max_size=spec.max_size, **options)
+        kwargs: dict[str, Any] = {"min_size": spec.min_size, "max_size": spec.max_size}
+        kwargs["reconnect_delay"] = 0.1
+        try:
+            self.pool = Pool(**kwargs, **self.options)
+        except TypeError as exc:
+            if any(name in str(exc) for name in self.options):
+                why = f"this pool has no {', '.join(self.options)} option"
+                raise NotApplicable(why, anywhere=True) from exc
+            raise
         self.hold = self.pool.get
 
-    def start(self, timeout: float) -> None:
-        self.pool.wait_ready(timeout)
-
-    def retrying(
-        self, fn: Callable[[], None], max_failures: int, interval: float
-    ) -> Callable[[], None]:
-        decorate = self.mod.retry(max_failures=max_failures, interval=interval)
-        return decorate(fn)
-
-    def snapshot(self) -> Snapshot | None:
-        s = self.pool.stats()
-        return {
-            "open": s.open,
-            "idle": s.idle,
-            "in_use": s.in_use,
-            "connecting": s.connecting,
-            "waiting": s.waiting,
-            "created": s.created,
-        }
+    def start(self) -> None:
+        self.pool.wait_ready(60)
 
     def close(self) -> None:
         self.pool.close()
 
-    @classmethod
-    def version(cls) -> str:
-        import geventconnpool
-
-        return str(getattr(geventconnpool, "__version__", "this repository"))
+    def version(self) -> str:
+        return our_version()
 
 
-IMPLS: dict[str, type[Impl]] = {
-    cls.key: cls
-    for cls in (
-        BareQueue,
-        FairFloor,
-        NewConnection,
-        Gcp021,
-        Gsocketpool,
-        Socketpool,
-        GenericConnectionPool,
-        RedisPy,
-        SqlalchemyQueuePool,
-        Ours,
-    )
+def our_version() -> str:
+    """This repository's version."""
+    import geventconnpool
+
+    return str(geventconnpool.__version__)
+
+
+class OursFifo(Ours):
+    """``fair_after=0``: strict FIFO, each returned connection to the oldest waiter."""
+
+    options: ClassVar[dict[str, Any]] = {"fair_after": 0}
+
+
+#: Every adapter by key (the parent's ``bench.run.LABELS`` has the same keys, in table order).
+ADAPTERS: dict[str, type[Impl]] = {
+    "bare": Bare,
+    "fifo": Fifo,
+    "gcp021": Gcp021,
+    "gsocketpool": Gsocketpool,
+    "socketpool": Socketpool,
+    "gcpool": GenericConnectionPool,
+    "redispy": RedisPy,
+    "sqlalchemy": Sqlalchemy,
+    "ours": Ours,
+    "ours_fifo": OursFifo,
+    "ours_redispy": OursRedisPy,
 }

@@ -1,258 +1,206 @@
-"""``python -m bench`` / ``python bench/run.py``: run every implementation side by side.
+"""``python -m bench``: every implementation side by side, in one run.
 
-The parent starts the server (redis-server, or the embedded PING server), then for each workload
-runs the implementations interleaved, A B C A B C, each in a fresh child process
-(``python -m bench.worker``) pinned to another CPU than the server. It prints a table, writes
-``latest.json`` and ``latest.md`` (and ``chart.png``) to the output directory, and never installs
-anything: a missing peer is reported as skipped, with the command that would install it.
+The parent starts the server, then runs each workload as rounds of implementations interleaved
+A B C A B C, each run in a fresh child process (``python -m bench.child``) pinned to another CPU
+than the server. It writes ``latest.md``, ``latest.json``, ``chart.png`` and ``readme.rst`` (the
+README's table, to paste) to the output directory. It never installs anything: a missing peer
+is reported as not installed.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import importlib.metadata
 import json
-import selectors
+import os
+import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-if not __package__:  # run as a script: make ``bench`` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import render, summary
+from bench.servers import REPO, Server, open_server
 
-from bench import report
-from bench.plan import (
-    IMPL_ORDER,
-    INSTALL_HINTS,
-    LABELS,
-    WORKLOAD_ORDER,
-    WorkloadPlan,
-    full_plan,
-    quick_plan,
-)
-from bench.servers import APT_HINT, REPO, CpuPlan, Server, ServerMissing, cpu_plan, open_server
-
-Result = dict[str, Any]
+#: Implementations in table order, with their labels (the parent never imports them).
+LABELS = {
+    "bare": "bare LifoQueue",
+    "fifo": "FIFO hand-off (reference)",
+    "gcp021": "geventconnpool 0.2.1",
+    "gsocketpool": "gsocketpool",
+    "socketpool": "socketpool",
+    "gcpool": "generic-connection-pool",
+    "redispy": "redis-py BlockingConnectionPool",
+    "sqlalchemy": "SQLAlchemy QueuePool",
+    "ours": "geventconnpool (default)",
+    "ours_fifo": "geventconnpool, fair_after=0",
+    "ours_redispy": "geventconnpool RedisPyConnectionPool",
+}
+WORKLOADS = ("ping", "cycle", "single", "spike")
 DEFAULT_OUT = REPO / "bench" / "results"
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def plans(quick: bool) -> dict[str, dict[str, Any]]:
+    """Rounds, child timeout and parameters per workload. ``make bench`` took 8.6 minutes on 2
+    busy cores (load 5) with 9 implementations; ``--quick`` is one short round of each."""
+    q = quick
+    loop = {"max_ops": 2_000_000, "warmup": 0.02 if q else 0.1}
+    return {
+        "ping": {
+            "rounds": 1 if q else 5,
+            "timeout": 60,
+            "params": {"size": 20, "greenlets": [200, 50], "duration": 0.2 if q else 1.0} | loop,
+        },
+        "cycle": {
+            "rounds": 1 if q else 4,
+            "timeout": 120,
+            "params": {
+                "sizes": [10, 1000, 10000],
+                "greenlets": [50, 200],
+                "free": 10,
+                "duration": 0.05 if q else 0.25,
+            }
+            | loop,
+        },
+        "single": {
+            "rounds": 1 if q else 5,
+            "timeout": 60,
+            "params": {"duration": 0.1 if q else 0.5} | loop,
+        },
+        "spike": {
+            "rounds": 1 if q else 3,
+            "timeout": 60,
+            "params": {
+                "min_size": 5,
+                "max_size": 50,
+                "callers": 50,
+                "hold_s": 0.002,
+                "connect_s": 0.15,
+                "settle_s": 0.1 if q else 0.3,
+            },
+        },
+    }
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
     """The command line."""
-    p = argparse.ArgumentParser(
-        prog="python -m bench",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument(
-        "--server",
-        choices=("auto", "redis", "embedded"),
-        default="auto",
-        help="redis-server, the embedded PING server, or redis if installed (default)",
-    )
-    p.add_argument("--quick", action="store_true", help="about 1.5 minutes: fewer, shorter rounds")
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--server", choices=("auto", "redis", "embedded"), default="auto")
+    p.add_argument("--quick", action="store_true", help="one short round of each workload")
     p.add_argument("--rounds", type=int, help="rounds per workload (overrides the plan)")
-    p.add_argument("--impls", help=f"comma-separated subset of: {','.join(IMPL_ORDER)}")
-    p.add_argument("--workloads", help=f"comma-separated subset of: {','.join(WORKLOAD_ORDER)}")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where results go")
+    p.add_argument("--impls", help=f"comma-separated subset of: {','.join(LABELS)}")
+    p.add_argument("--workloads", help=f"comma-separated subset of: {','.join(WORKLOADS)}")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the results go")
     p.add_argument("--no-chart", action="store_true", help="do not draw chart.png")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes with taskset")
     return p.parse_args(argv)
 
 
-def subset(text: str | None, known: tuple[str, ...], what: str) -> list[str]:
-    """The names in a comma-separated option, in canonical order; all of them when absent."""
-    if not text:
-        return list(known)
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = sorted(set(names) - set(known))
-    if unknown:
-        raise SystemExit(f"unknown {what}: {', '.join(unknown)} (known: {', '.join(known)})")
+def subset(text: str | None, known: tuple[str, ...]) -> list[str]:
+    """The names of a comma-separated option, in canonical order (all when absent)."""
+    names = [n.strip() for n in (text or ",".join(known)).split(",") if n.strip()]
+    if unknown := set(names) - set(known):
+        raise SystemExit(f"unknown: {', '.join(sorted(unknown))} (known: {', '.join(known)})")
     return [n for n in known if n in names]
 
 
-def log(message: str) -> None:
-    """Progress, on stderr (stdout gets the table)."""
-    print(message, file=sys.stderr, flush=True)
-
-
-def parse_result(stdout: str, stderr: str, returncode: int | None) -> Result:
-    """The child's ``RESULT`` line, or an error that says what went wrong."""
-    for line in reversed(stdout.splitlines()):
-        if line.startswith("RESULT "):
-            result: Result = json.loads(line[len("RESULT ") :])
-            return result
-    tail = (stderr or stdout).strip().splitlines()[-5:]
-    return {"error": f"child exited with {returncode} and no result", "stderr": "\n".join(tail)}
-
-
-class Runner:
-    """Runs child jobs against one server, with one CPU plan."""
-
-    def __init__(self, server: Server, cpus: CpuPlan) -> None:
-        self.server = server
-        self.cpus = cpus
-
-    def command(self, job: dict[str, Any]) -> list[str]:
-        """The child's command line."""
-        return [*self.cpus.client, sys.executable, "-m", "bench.worker", json.dumps(job)]
-
-    def job(self, impl: str, workload: str, plan: WorkloadPlan) -> dict[str, Any]:
-        """The JSON job a child gets."""
-        return {
-            "impl": impl,
-            "workload": workload,
-            "host": "127.0.0.1",
-            "port": self.server.port,
-            "params": plan.params,
-        }
-
-    def run(self, impl: str, workload: str, plan: WorkloadPlan) -> Result:
-        """One child run of ``workload`` on ``impl``, with its wall time (``wall_s``)."""
-        start = time.monotonic()
-        result = self.run_child(impl, workload, plan)
-        result["wall_s"] = round(time.monotonic() - start, 2)
-        return result
-
-    def run_child(self, impl: str, workload: str, plan: WorkloadPlan) -> Result:
-        """Start the child, wait for it (bounded by the plan's timeout), parse its result."""
-        job = self.job(impl, workload, plan)
-        if workload == "recovery":
-            return self.run_recovery(job, plan)
-        try:
-            done = subprocess.run(
-                self.command(job),
-                cwd=REPO,
-                capture_output=True,
-                text=True,
-                timeout=plan.timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            return {"error": f"timed out after {plan.timeout} s"}
-        return parse_result(done.stdout, done.stderr, done.returncode)
-
-    def run_recovery(self, job: dict[str, Any], plan: WorkloadPlan) -> Result:
-        """A recovery child: wait for READY, restart the server, tell the child when it was up."""
-        proc = subprocess.Popen(
-            self.command(job),
-            cwd=REPO,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+def run_child(server: Server, impl: str, workload: str, plan: dict[str, Any]) -> dict[str, Any]:
+    """One child run; its ``RESULT`` line, or an error saying what went wrong."""
+    job = {"impl": impl, "workload": workload, "host": "127.0.0.1", "port": server.port}
+    cmd = [*server.client_prefix, sys.executable, "-m", "bench.child", json.dumps(job | plan)]
+    try:
+        done = subprocess.run(
+            cmd, cwd=REPO, capture_output=True, text=True, timeout=plan["timeout"], check=False
         )
-        try:
-            ready, before = wait_for_line(proc, "READY", timeout=30.0)
-            if not ready:
-                out, err = proc.communicate(timeout=10)
-                return parse_result("".join(before) + out, err, proc.returncode)
-            time.sleep(plan.extra["stop_after"])
-            t_down, t_up = self.server.restart(plan.extra["down_s"])
-            assert proc.stdin is not None
-            proc.stdin.write(f"UP {t_down} {t_up}\n")
-            proc.stdin.flush()
-            out, err = proc.communicate(timeout=plan.timeout)
-            return parse_result(out, err, proc.returncode)
-        except subprocess.TimeoutExpired:
-            return {"error": f"timed out after {plan.timeout} s"}
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-
-
-def wait_for_line(proc: subprocess.Popen[str], word: str, timeout: float) -> tuple[bool, list[str]]:
-    """Read the child's stdout until a line equal to ``word``: (found, the lines read before)."""
-    assert proc.stdout is not None
-    lines: list[str] = []
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
-                continue
-            line = proc.stdout.readline()
-            if not line:
-                break
-            if line.strip() == word:
-                return True, lines
-            lines.append(line)
-    return False, lines
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {plan['timeout']} s"}
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith("RESULT "):
+            result: dict[str, Any] = json.loads(line[len("RESULT ") :])
+            return result
+    return {"error": f"exit {done.returncode}, no result: {done.stderr.strip()[-500:]}"}
 
 
 def run_workload(
-    runner: Runner, workload: str, plan: WorkloadPlan, impls: list[str], missing: dict[str, str]
-) -> dict[str, list[Result]]:
-    """All rounds of one workload, interleaved A B C A B C; results per implementation."""
-    rounds: dict[str, list[Result]] = {impl: [] for impl in impls}
-    for r in range(plan.rounds):
-        for impl in impls:
-            if impl in missing:
-                continue
-            result = runner.run(impl, workload, plan)
-            skipped = str(result.get("skipped", ""))
-            if skipped.startswith("not installed"):
-                missing[impl] = f"{skipped}; install: {INSTALL_HINTS.get(impl, '?')}"
+    server: Server, workload: str, plan: dict[str, Any], absent: dict[str, dict[str, Any]]
+) -> dict[str, list[dict[str, Any]]]:
+    """All rounds of one workload, interleaved. An implementation skipped once is not run again
+    in this workload; ``absent`` ones (not installed...) are not run in any."""
+    rounds: dict[str, list[dict[str, Any]]] = {impl: [] for impl in absent}
+    for r in range(plan["rounds"]):
+        for impl, known in absent.items():
+            earlier = rounds[impl][-1:]
+            reuse = known or (earlier[0] if earlier and "skipped" in earlier[0] else None)
+            t0 = time.monotonic()
+            result = reuse or run_child(server, impl, workload, plan)
+            took = "" if reuse else f" ({time.monotonic() - t0:.1f} s)"
+            if result.get("anywhere"):
+                absent[impl] = result
             rounds[impl].append(result)
-            brief = report.brief(workload, result)
-            log(
-                f"[{workload} {r + 1}/{plan.rounds}] {LABELS[impl]}: {brief} ({result['wall_s']} s)"
-            )
+            brief = render.brief(workload, result) + took
+            print(f"[{workload} {r + 1}/{plan['rounds']}] {LABELS[impl]}: {brief}", file=sys.stderr)
     return rounds
 
 
+def machine(server: Server) -> dict[str, Any]:
+    """What the figures were measured on."""
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "?",
+    )
+    versions = {d: importlib.metadata.version(d) for d in ("gevent", "greenlet")}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "system": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        **versions,
+        "server": f"{server.kind} {server.version}",
+        "pinning": server.pinning,
+        "load_at_start": os.getloadavg()[0],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the bench; 0 on success, 2 when the requested server is missing."""
+    """Run the bench and write the results; 0 on success."""
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    impls = subset(args.impls, IMPL_ORDER, "implementations")
-    workloads = subset(args.workloads, WORKLOAD_ORDER, "workloads")
-    plans = quick_plan() if args.quick else full_plan()
-    if args.rounds:
-        plans = {
-            k: WorkloadPlan(args.rounds, p.params, p.timeout, p.extra) for k, p in plans.items()
-        }
-    cpus = cpu_plan(not args.no_pin)
-    try:
-        server = open_server(args.server, cpus)
-    except ServerMissing as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    if args.server == "auto" and server.kind == "embedded":
-        log(f"redis-server not found ({APT_HINT}): using the embedded PING server")
-    log(f"server: {server.kind} {server.version} on 127.0.0.1:{server.port}; {cpus.note}")
+    impls, workloads = subset(args.impls, tuple(LABELS)), subset(args.workloads, WORKLOADS)
+    plan = {w: p for w, p in plans(args.quick).items() if w in workloads}
+    for p in plan.values():
+        p["rounds"] = args.rounds or p["rounds"]
     started = time.monotonic()
-    missing: dict[str, str] = {}
-    raw: dict[str, dict[str, list[Result]]] = {}
+    server = open_server(args.server, pin=not args.no_pin)
     try:
-        runner = Runner(server, cpus)
-        for workload in workloads:
-            raw[workload] = run_workload(runner, workload, plans[workload], impls, missing)
+        meta = machine(server)
+        absent: dict[str, dict[str, Any]] = {impl: {} for impl in impls}
+        raw = {w: run_workload(server, w, p, absent) for w, p in plan.items()}
     finally:
         server.close()
-    doc = report.build(
-        raw,
-        plans,
-        impls,
-        missing,
-        server,
-        cpus,
-        args.quick,
-        time.monotonic() - started,
-        argv if argv is not None else sys.argv[1:],
-    )
-    print(report.text(doc))
-    report.write(doc, args.out, chart=not args.no_chart)
-    if (
-        args.out.resolve() == DEFAULT_OUT.resolve()
-        and not args.quick
-        and len(impls) == len(IMPL_ORDER)
-        and len(workloads) == len(WORKLOAD_ORDER)
-    ):
-        report.update_readme(doc, REPO / "bench" / "README.md")
-    log(f"wrote {args.out}/latest.json, latest.md" + ("" if args.no_chart else ", chart.png"))
+    results = {w: summary.summarise(w, rounds) for w, rounds in raw.items()}
+    summary.drop_histograms(raw)
+    doc: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": " ".join(["python -m bench", *argv]),
+        "quick": args.quick,
+        "elapsed_s": round(time.monotonic() - started),
+        "machine": meta,
+        "labels": {i: LABELS[i] for i in impls},
+        "plans": plan,
+        "noise": summary.noise(results, raw),
+        "results": results,
+        "raw": raw,
+    }
+    doc["targets"] = summary.targets(doc)
+    print(render.write(doc, args.out, not args.no_chart))
+    everything = not args.quick and len(impls) == len(LABELS) and len(workloads) == len(WORKLOADS)
+    if everything and args.out.resolve() == DEFAULT_OUT.resolve():
+        render.update_readme(doc, REPO / "README.rst")
+    print(f"wrote {args.out}/latest.md, latest.json, readme.rst, chart.png", file=sys.stderr)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

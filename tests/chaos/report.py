@@ -1,4 +1,8 @@
-"""Write a chaos run's figures: Markdown and JSON reports, and the table in docs/reliability.rst."""
+"""Write a chaos run's figures: a Markdown report, JSON, and the tables in docs/reliability.rst.
+
+Each part (scenarios, contract, soak) becomes one table of rows plus a few notes; the same rows
+render as Markdown (the report) and as reStructuredText ``csv-table`` blocks (the docs).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,6 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,6 +25,7 @@ from .soak import SoakResult
 
 DOCS_START = ".. chaos-figures-start"
 DOCS_END = ".. chaos-figures-end"
+Table = tuple[str, list[str], list[list[str]], list[str]]  # title, head, rows, notes
 
 
 @dataclass
@@ -95,121 +99,53 @@ def _redis_version() -> str:
     if path is None:
         return "not installed"
     out = subprocess.run([path, "--version"], capture_output=True, text=True, check=False).stdout
-    for word in out.split():
-        if word.startswith("v="):
-            return word[2:]
-    return out.strip() or "unknown"
+    return next((w[2:] for w in out.split() if w.startswith("v=")), out.strip() or "unknown")
 
 
-# -- formatting ---------------------------------------------------------------------------------
-def _ms(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.0f}"
-
-
-def _recovery(r: ScenarioResult) -> str:
-    return "never" if r.recovery_s is None else f"{r.recovery_s * 1000:.0f} ms"
-
-
-def _window(r: ScenarioResult) -> str:
-    if r.scenario == "baseline":
-        return "none"
-    if r.fault_end == r.fault_start:
-        return f"at {r.fault_start:g}"
-    return f"{r.fault_start:g} to {r.fault_end:g}"
-
-
-def _failed(r: ScenarioResult) -> str:
-    if not r.failed:
-        return "0"
-    kinds = ", ".join(f"{k} {v}" for k, v in r.failed_by_type.items())
-    return f"{r.failed} ({kinds})"
-
-
-SCENARIO_HEAD = [
-    "scenario",
-    "backend",
-    "fault (s)",
-    "attempted",
-    "succeeded",
-    "failed, visible to the caller",
-    "hung",
-    "full again after",
-    "peak conns / max",
-    "fds start / end",
-    "p50 / p99 ms",
-    "result",
-]
-
-
-def scenario_rows(results: Iterable[ScenarioResult]) -> list[list[str]]:
-    return [
-        [
-            r.scenario,
-            r.backend,
-            _window(r),
-            str(r.attempted),
-            str(r.succeeded),
-            _failed(r),
-            str(r.hung),
-            _recovery(r),
-            f"{max(r.peak_open, r.peak_sockets)} / {r.max_size}",
-            f"{r.fds_start} / {r.fds_end}",
-            f"{_ms(r.p50_ms)} / {_ms(r.p99_ms)}",
-            "pass" if r.passed else "FAIL",
-        ]
-        for r in results
-    ]
-
-
-CONTRACT_HEAD = ["case", "T (s)", "get() calls", "worst (s)", "bound (s)", "outcomes", "result"]
-
-
-def contract_rows(results: Iterable[ContractResult], known: dict[str, str]) -> list[list[str]]:
+def scenario_table(report: Report) -> Table:
+    head = ["scenario", "backend", "fault (s)", "attempted", "succeeded",
+            "failed, visible to the caller", "hung", "full again after", "peak conns / max",
+            "fds start / end", "p50 / p99 ms", "result"]  # fmt: skip
     rows = []
-    for c in results:
-        verdict = "pass" if c.passed else "FAIL"
-        if not c.passed and contract_key(c) in known:
-            verdict = "FAIL (known bug)"
+    for r in report.scenarios:
+        window = f"{r.fault_start:g} to {r.fault_end:g}"
+        if r.scenario == "baseline" or r.fault_end == r.fault_start:
+            window = "none" if r.scenario == "baseline" else f"at {r.fault_start:g}"
+        kinds = ", ".join(f"{k} {v}" for k, v in r.failed_by_type.items())
+        ms = " / ".join("n/a" if v is None else f"{v:.0f}" for v in (r.p50_ms, r.p99_ms))
+        rows.append([
+            r.scenario, r.backend, window,
+            str(r.attempted), str(r.succeeded), f"{r.failed} ({kinds})" if r.failed else "0",
+            str(r.hung), "never" if r.recovery_s is None else f"{r.recovery_s * 1000:.0f} ms",
+            f"{max(r.peak_open, r.peak_sockets)} / {r.max_size}", f"{r.fds_start} / {r.fds_end}",
+            ms, "pass" if r.passed else "FAIL",
+        ])  # fmt: skip
+    notes = [f"{r.scenario}: {r.what}" for r in report.scenarios if r.backend == "ping"]
+    return "Chaos scenarios", head, rows, notes + [f"skipped: {why}" for why in report.skipped]
+
+
+def contract_table(report: Report) -> Table:
+    head = ["case", "T (s)", "get() calls", "worst (s)", "bound (s)", "outcomes", "result"]
+    rows = []
+    for c in report.contract:
         outcomes = ", ".join(f"{k} {v}" for k, v in c.outcomes.items())
-        if c.hung:
-            outcomes += f", hung {c.hung}"
-        rows.append(
-            [
-                c.case,
-                f"{c.timeout:g}",
-                str(c.calls + c.hung),
-                f"{c.max_s:.4f}",
-                f"{c.bound:g}",
-                outcomes,
-                verdict,
-            ]
-        )
-    return rows
+        known = not c.passed and contract_key(c) in report.known
+        rows.append([
+            c.case, f"{c.timeout:g}", str(c.calls + c.hung), f"{c.max_s:.4f}", f"{c.bound:g}",
+            outcomes + (f", hung {c.hung}" if c.hung else ""),
+            "pass" if c.passed else "FAIL (known bug)" if known else "FAIL",
+        ])  # fmt: skip
+    return "Backend-down contract", head, rows, [f"{k}: {v}" for k, v in report.known.items()]
 
 
-def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
-    return lines
-
-
-def _rst_table(title: str, head: list[str], rows: list[list[str]]) -> list[str]:
-    lines = [f".. list-table:: {title}", "   :header-rows: 1", ""]
-    for row in [head, *rows]:
-        lines.append(f"   * - {row[0]}")
-        lines += [f"     - {cell}" for cell in row[1:]]
-    return [*lines, ""]
-
-
-def _soak_summary(s: SoakResult) -> list[str]:
-    faults = ", ".join(f"{k} {v}" for k, v in sorted(s.faults.items()))
-    outcomes = ", ".join(f"{k} {v}" for k, v in s.outcomes.items())
+def soak_table(s: SoakResult) -> Table:
+    faults = ", ".join(f"{k} {v}" for k, v in sorted(s.faults.items())) or "none"
     held = sum(1 for i in s.identities if i["holds"])
-    return [
+    notes = [
         f"{s.checkouts:,} checkouts in {s.seconds:.0f} s by {s.workers} greenlets "
         f"(bound: {s.target_checkouts:,} checkouts or {s.max_seconds:.0f} s).",
-        f"Random faults: {faults or 'none'}.",
-        f"Checkouts ended: {outcomes}.",
+        f"Random faults: {faults}.",
+        f"Checkouts ended: {', '.join(f'{k} {v}' for k, v in s.outcomes.items())}.",
         f"Counter identities: {held} of {len(s.identities)} hold.",
         f"RSS after warm-up {s.rss_warm_kb:,} kB, at the end {s.rss_end_kb:,} kB "
         f"({s.rss_end_kb - s.rss_warm_kb:+,} kB); gc objects of geventconnpool classes after "
@@ -217,68 +153,63 @@ def _soak_summary(s: SoakResult) -> list[str]:
         f"File descriptors: {s.fds_start} at start, {s.fds_end} at the end.",
         f"Result: {'pass' if s.passed else 'FAIL: ' + '; '.join(s.problems)}.",
     ]
+    rows = [[str(i[k]) for k in ("identity", "left", "right", "holds")] for i in s.identities]
+    return "Soak", ["identity", "left", "right", "holds"], rows, notes
+
+
+def tables(report: Report) -> list[Table]:
+    out = [scenario_table(report)]
+    if report.contract:
+        out.append(contract_table(report))
+    if report.soak is not None:
+        out.append(soak_table(report.soak))
+    return out
+
+
+def provenance(report: Report, code: str) -> str:
+    env = report.environment
+    return (
+        f"{code}{report.command}{code} on {env.get('date')} at commit {env.get('commit')} "
+        f"(Python {env.get('python')}, gevent {env.get('gevent')}, greenlet {env.get('greenlet')}, "
+        f"redis-server {env.get('redis')}, {env.get('cpus')} CPUs, {env.get('platform')})."
+    )
 
 
 def markdown(report: Report) -> str:
-    env = report.environment
     s = report.settings
     out = [
         "# Chaos report" + (" (quick)" if report.quick else ""),
-        "",
-        f"Produced by `{report.command}` on {env.get('date')} at commit {env.get('commit')} "
-        f"(Python {env.get('python')}, gevent {env.get('gevent')}, greenlet "
-        f"{env.get('greenlet')}, redis-server {env.get('redis')}, {env.get('cpus')} CPUs, "
-        f"{env.get('platform')}).",
-        "",
+        f"Produced by {provenance(report, '`')}",
         f"Each scenario: {s.get('seconds')} s, {s.get('workers')} greenlets doing ECHO requests "
         f"through `@retry` (max_failures={s.get('retries')}) on a pool with "
         f"min_size={s.get('min_size')}, max_size={s.get('max_size')}, get timeout "
         f"{s.get('get_timeout')} s and a {s.get('io_timeout')} s deadline per request, behind "
         f"the FaultProxy. A request taking longer than {s.get('hard_bound')} s counts as hung.",
-        "",
-        "## Scenarios",
-        "",
-        *_md_table(SCENARIO_HEAD, scenario_rows(report.scenarios)),
-        "",
     ]
-    out += [f"- {r.scenario}: {r.what}" for r in report.scenarios if r.backend == "ping"]
-    out += [f"- skipped: {why}" for why in report.skipped]
-    if report.contract:
-        out += ["", "## Backend-down contract", ""]
-        out += _md_table(CONTRACT_HEAD, contract_rows(report.contract, report.known))
-        out += [""] + [f"- {k}: {v}" for k, v in report.known.items()]
-    if report.soak is not None:
-        out += ["", "## Soak", ""] + [f"- {line}" for line in _soak_summary(report.soak)]
-        out += ["", "| identity | left | right | holds |", "|---|---|---|---|"]
-        out += [
-            f"| {i['identity']} | {i['left']} | {i['right']} | {i['holds']} |"
-            for i in report.soak.identities
-        ]
-    failures = report.failures()
-    out += ["", "## Verdict", ""]
-    out += [f"- FAIL: {f}" for f in failures] or ["All promises kept (known bugs listed above)."]
-    return "\n".join(out) + "\n"
+    for title, head, rows, notes in tables(report):
+        lines = [head, ["---"] * len(head), *rows]
+        out += [f"## {title}", "\n".join("| " + " | ".join(r) + " |" for r in lines)]
+        out += ["\n".join(f"- {n}" for n in notes)] if notes else []
+    verdict = [f"- FAIL: {f}" for f in report.failures()] or ["All promises kept."]
+    return "\n\n".join([*out, "## Verdict", "\n".join(verdict)]) + "\n"
+
+
+def _csv(cells: list[str]) -> str:
+    return ", ".join('"' + c.replace('"', '""') + '"' for c in cells)
 
 
 def rst_figures(report: Report) -> str:
-    env = report.environment
-    out = [
-        DOCS_START,
-        "",
-        f"Latest figures: ``{report.command}``, {env.get('date')}, commit {env.get('commit')}, "
-        f"Python {env.get('python')}, gevent {env.get('gevent')}, redis-server "
-        f"{env.get('redis')}, {env.get('cpus')} CPUs.",
-        "",
-        *_rst_table("Chaos scenarios", SCENARIO_HEAD, scenario_rows(report.scenarios)),
-    ]
-    if report.contract:
-        rows = contract_rows(report.contract, report.known)
-        out += _rst_table("Backend-down contract", CONTRACT_HEAD, rows)
-        out += [f"* {k}: {v}" for k, v in report.known.items()] + [""]
-    if report.soak is not None:
-        out += ["Soak:", ""] + [f"* {line}" for line in _soak_summary(report.soak)] + [""]
-    out.append(DOCS_END)
-    return "\n".join(out)
+    """The docs' block: the scenario and contract tables as ``csv-table``; the soak's summary."""
+    out = [DOCS_START, "", f"Latest figures: {provenance(report, '``')}", ""]
+    for title, head, rows, notes in tables(report):
+        if title == "Soak":
+            out += ["Soak:", "", *(f"* {n}" for n in notes), ""]
+            continue
+        out += [f".. csv-table:: {title}", f"   :header: {_csv(head)}", ""]
+        out += [*(f"   {_csv(r)}" for r in rows), ""]
+        if title != "Chaos scenarios" and notes:  # the docs describe the scenarios themselves
+            out += [*(f"* {n}" for n in notes), ""]
+    return "\n".join([*out, DOCS_END])
 
 
 def write(report: Report, directory: Path, stem: str, docs: Path | None) -> list[Path]:
@@ -287,16 +218,12 @@ def write(report: Report, directory: Path, stem: str, docs: Path | None) -> list
     md, js = directory / f"{stem}.md", directory / f"{stem}.json"
     md.write_text(markdown(report))
     js.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
-    written = [md, js]
-    if docs is not None and docs.exists():
-        text = docs.read_text()
-        start, end = text.find(DOCS_START), text.find(DOCS_END)
-        if start >= 0 and end > start:
-            docs.write_text(text[:start] + rst_figures(report) + text[end + len(DOCS_END) :])
-            written.append(docs)
-        else:
-            print(
-                f"{docs}: no {DOCS_START} / {DOCS_END} markers; figures not written",
-                file=sys.stderr,
-            )
-    return written
+    if docs is None or not docs.exists():
+        return [md, js]
+    text = docs.read_text()
+    start, end = text.find(DOCS_START), text.find(DOCS_END)
+    if not 0 <= start < end:
+        print(f"{docs}: no {DOCS_START} / {DOCS_END} markers; figures not written", file=sys.stderr)
+        return [md, js]
+    docs.write_text(text[:start] + rst_figures(report) + text[end + len(DOCS_END) :])
+    return [md, js, docs]
