@@ -386,3 +386,19 @@ def test_budget_lets_a_flaky_call_succeed_on_retry() -> None:
     flaky = Failing(ConnectionResetError("once"), failures=1)
     assert retry(flaky, budget=budget, sleep=lambda _: None)() == "ok"
     assert budget.granted == 1
+
+
+# -- the chaos run, short -----------------------------------------------------------------------
+
+
+def test_outage_with_budget_sends_at_most_1_plus_fraction_per_call() -> None:
+    from .chaos.budget import compare
+
+    plain, budgeted = compare(workers=200, outage=1.0)
+    assert budgeted.budget is not None and not plain.problems and not budgeted.problems
+    fraction = budgeted.budget["percent_can_retry"]
+    floor = budgeted.budget["min_retries_per_sec"] * budgeted.budget["ttl"]
+    assert budgeted.requests <= (1 + fraction) * budgeted.calls + floor
+    assert budgeted.refused > 0  # the budget, not max_failures, stopped the retries
+    assert plain.outage_requests_per_call > 2 * budgeted.outage_requests_per_call
+    assert plain.outage_attempts_per_call > 2 * budgeted.outage_attempts_per_call

@@ -16,6 +16,7 @@ from typing import Any
 import gevent
 import greenlet
 
+from .budget import BudgetRun, ratio_line, summary
 from .contract import ContractResult
 from .scenarios import ScenarioResult
 from .soak import SoakResult
@@ -36,6 +37,7 @@ class Report:
     contract: list[ContractResult] = field(default_factory=list)
     known: dict[str, str] = field(default_factory=dict)  # contract case@T -> the known bug
     soak: SoakResult | None = None
+    budget: list[BudgetRun] = field(default_factory=list)  # plain @retry, then with a budget
     environment: dict[str, str] = field(default_factory=dict)
 
     def failures(self) -> list[str]:
@@ -46,6 +48,7 @@ class Report:
                 out += [f"contract {contract_key(c)}: {p}" for p in c.problems]
         if self.soak is not None:
             out += [f"soak: {p}" for p in self.soak.problems]
+        out += [f"budget/{r.label}: {p}" for r in self.budget for p in r.problems]
         return out
 
     def as_dict(self) -> dict[str, Any]:
@@ -59,6 +62,7 @@ class Report:
             "contract": [c.as_dict() for c in self.contract],
             "known_bugs": self.known,
             "soak": None if self.soak is None else self.soak.as_dict(),
+            "budget": [r.as_dict() for r in self.budget],
             "failures": self.failures(),
             "passed": not self.failures(),
         }
@@ -254,6 +258,10 @@ def markdown(report: Report) -> str:
             f"| {i['identity']} | {i['left']} | {i['right']} | {i['holds']} |"
             for i in report.soak.identities
         ]
+    if report.budget:
+        out += ["", "## Retry budget", ""] + [f"- {summary(r)}" for r in report.budget]
+        if len(report.budget) == 2:
+            out.append(f"- {ratio_line(*report.budget)}")
     failures = report.failures()
     out += ["", "## Verdict", ""]
     out += [f"- FAIL: {f}" for f in failures] or ["All promises kept (known bugs listed above)."]
