@@ -12,6 +12,7 @@ from tests.servers import (  # noqa: F401  (pytest finds fixtures by name)
     fresh_redis,
     line_server,
     postgres_server,
+    redis_sentinel,
     redis_server,
     tls_ca,
     tls_redis,
