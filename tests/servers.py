@@ -3,6 +3,8 @@
 - :class:`RedisServer`: Debian's ``redis-server``, ``--save '' --appendonly no``.
 - :class:`PostgresServer`: ``initdb`` into a temporary directory and ``pg_ctl start``; as the
   ``postgres`` user (via ``runuser``) when we are root, since PostgreSQL refuses root.
+- :class:`PgBouncerServer`: Debian's ``pgbouncer`` in transaction pooling mode in front of it.
+- :class:`SentinelCluster`: a Redis master, a replica and three ``redis-server --sentinel``.
 - :class:`LineServer`: a line protocol (``PING`` -> ``PONG``) over TCP or TLS, counting
   connections and TLS handshakes (full and resumed).
 - :class:`ThriftServer`: a thriftpy2 service served from gevent greenlets.
@@ -39,7 +41,7 @@ import pytest
 CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
 INSTALL_COMMAND = (
     "scripts/ensure-servers  (as root: apt-get update && apt-get install -y "
-    "redis-server postgresql)"
+    "redis-server postgresql pgbouncer)"
 )
 LOOPBACK = "127.0.0.1"
 
@@ -494,6 +496,123 @@ class PostgresServer:
             return ""
 
 
+# -- PgBouncer -----------------------------------------------------------------------------------
+
+
+def pgbouncer_binary() -> str | None:
+    return shutil.which("pgbouncer") or next(
+        (p for p in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer") if os.access(p, os.X_OK)), None
+    )
+
+
+class PgBouncerServer:
+    """PgBouncer on 127.0.0.1 in front of a :class:`PostgresServer`, transaction pooling.
+
+    ``pool_size`` server connections at most (per database/user pair, and in total for the
+    database), ``max_client_conn`` clients. Database ``postgres`` (user ``postgres``, trust
+    auth); runs as the ``postgres`` user (``-u``) when we are root, as PgBouncer refuses root.
+    ``settings`` override or add ``[pgbouncer]`` settings, ``databases`` add entries.
+    """
+
+    def __init__(
+        self,
+        binary: str,
+        postgres: PostgresServer,
+        *,
+        pool_size: int = 10,
+        max_client_conn: int = 2000,
+        settings: dict[str, str] | None = None,
+        databases: dict[str, str] | None = None,
+    ) -> None:
+        self.binary = binary
+        self.postgres = postgres
+        self.port = free_port()
+        self.base = tempfile.mkdtemp(prefix="gcp-pgbouncer-")
+        self.config = os.path.join(self.base, "pgbouncer.ini")
+        self.logfile = os.path.join(self.base, "pgbouncer.log")
+        values = {
+            "listen_addr": LOOPBACK,
+            "listen_port": str(self.port),
+            "unix_socket_dir": "",
+            "auth_type": "trust",
+            "auth_file": os.path.join(self.base, "userlist.txt"),
+            "pool_mode": "transaction",
+            "default_pool_size": str(pool_size),
+            "max_db_connections": str(pool_size),
+            "max_client_conn": str(max_client_conn),
+            "server_login_retry": "1",
+            "admin_users": "postgres",
+            "ignore_startup_parameters": "extra_float_digits,options",
+            "logfile": self.logfile,
+            "pidfile": os.path.join(self.base, "pgbouncer.pid"),
+            **(settings or {}),
+        }
+        Path(self.base, "userlist.txt").write_text('"postgres" ""\n')
+        database = f"host={LOOPBACK} port={postgres.port} dbname=postgres user=postgres"
+        lines = ["[databases]", f"postgres = {database}"]
+        lines += [f"{name} = {spec}" for name, spec in (databases or {}).items()]
+        lines += ["", "[pgbouncer]"]
+        lines += [f"{key} = {value}" for key, value in values.items()]
+        Path(self.config).write_text("\n".join(lines) + "\n")
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam("postgres")
+            for path in (self.base, self.config, os.path.join(self.base, "userlist.txt")):
+                os.chown(path, pw.pw_uid, pw.pw_gid)
+            self.as_user = ["-u", "postgres"]  # pgbouncer switches user itself: we keep its pid
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def dsn(self) -> str:
+        return f"host={LOOPBACK} port={self.port} user=postgres dbname=postgres"
+
+    def start(self) -> None:
+        assert self.proc is None, "already running"
+        self.proc = subprocess.Popen(
+            [self.binary, *self.as_user, self.config],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        if self not in _running:
+            _running.append(self)
+
+        def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pgbouncer exited: {self.log_tail()}")
+            try:
+                with socket.create_connection((LOOPBACK, self.port), timeout=1):
+                    return True
+            except OSError:
+                return False
+
+        wait_until(ready, 15.0, f"pgbouncer on port {self.port}")
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            if proc.poll() is None:
+                proc.kill()  # a crash: clients see their connections close
+            proc.wait(timeout=15)
+        if self in _running:
+            _running.remove(self)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def destroy(self) -> None:
+        self.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def log_tail(self) -> str:
+        try:
+            return Path(self.logfile).read_text(errors="replace")[-3000:]
+        except OSError:
+            return ""
+
+
 # -- a line server over TCP or TLS ---------------------------------------------------------------
 
 
@@ -724,6 +843,21 @@ def postgres_server() -> Iterator[PostgresServer]:
     if os.geteuid() == 0 and shutil.which("runuser") is None:
         server_missing("runuser (util-linux), to run PostgreSQL as `postgres`")
     server = PostgresServer(bindir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def pgbouncer(postgres_server: PostgresServer) -> Iterator[PgBouncerServer]:
+    """PgBouncer of this test's own (transaction pooling, 10 server connections) in front of
+    the session's PostgreSQL; the test may restart it."""
+    binary = pgbouncer_binary()
+    if binary is None:
+        server_missing("pgbouncer")
+    server = PgBouncerServer(binary, postgres_server)
     try:
         server.start()
         yield server
