@@ -402,3 +402,30 @@ def test_outage_with_budget_sends_at_most_1_plus_fraction_per_call() -> None:
     assert budgeted.refused > 0  # the budget, not max_failures, stopped the retries
     assert plain.outage_requests_per_call > 2 * budgeted.outage_requests_per_call
     assert plain.outage_attempts_per_call > 2 * budgeted.outage_attempts_per_call
+
+
+# -- DbApiPool.retrying() as one call of retry ------------------------------------------------
+
+
+class OperationalError(Exception):
+    """Named like a DB-API driver's: DbApiPool's classifier reads class names and messages."""
+
+
+def test_dbapi_retrying_is_expressible_as_retry_on_is_disconnect() -> None:
+    from geventconnpool.contrib.dbapi import DbApiPool
+
+    pool = DbApiPool(lambda: object(), pool_options={"size": 1}, ping_query=None)
+    try:
+        as_retry = retry(on=pool._is_disconnect, max_failures=3, sleep=lambda _: None)
+        lost = Failing(OperationalError("server closed the connection unexpectedly"), 2)
+        assert as_retry(lost)() == "ok" and lost.calls == 3
+        sql = Failing(OperationalError('relation "nope" does not exist'))
+        with pytest.raises(OperationalError):
+            as_retry(sql)()
+        assert sql.calls == 1
+        timeout = Failing(PoolTimeout("busy"))
+        with pytest.raises(PoolTimeout):
+            as_retry(timeout)()
+        assert timeout.calls == 1
+    finally:
+        pool.close()
