@@ -182,6 +182,7 @@ def retry(
     functions) stops retries once they would exceed a fraction of the recent calls; the error
     then propagates and the exhaustion is logged once at ``max_failure_log_level``. The pool's
     own errors (PoolTimeout, PoolUnavailable, PoolExhausted, PoolClosed) are never retried.
+    Log messages may use ``{func}``, ``{err}`` and ``{attempt}`` (the failure's number).
     """
     policy = _make_policy(
         exc_classes, on, max_failures, interval, backoff, max_interval, jitter, deadline, budget,
