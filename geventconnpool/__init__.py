@@ -6,6 +6,7 @@ Subclass :class:`ConnectionPool`, implement ``_new_connection()``, and use
 
 import logging
 
+from .budget import RetryBudget
 from .errors import (
     DEFAULT_EXC_CLASSES,
     PoolClosed,
@@ -32,6 +33,7 @@ __all__ = [
     "PoolStats",
     "PoolTimeout",
     "PoolUnavailable",
+    "RetryBudget",
     "WaiterInfo",
     "__version__",
     "retry",

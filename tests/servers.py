@@ -3,6 +3,8 @@
 - :class:`RedisServer`: Debian's ``redis-server``, ``--save '' --appendonly no``.
 - :class:`PostgresServer`: ``initdb`` into a temporary directory and ``pg_ctl start``; as the
   ``postgres`` user (via ``runuser``) when we are root, since PostgreSQL refuses root.
+- :class:`PgBouncerServer`: Debian's ``pgbouncer`` in transaction pooling mode in front of it.
+- :class:`SentinelCluster`: a Redis master, a replica and three ``redis-server --sentinel``.
 - :class:`LineServer`: a line protocol (``PING`` -> ``PONG``) over TCP or TLS, counting
   connections and TLS handshakes (full and resumed).
 - :class:`ThriftServer`: a thriftpy2 service served from gevent greenlets.
@@ -39,7 +41,7 @@ import pytest
 CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
 INSTALL_COMMAND = (
     "scripts/ensure-servers  (as root: apt-get update && apt-get install -y "
-    "redis-server postgresql)"
+    "redis-server postgresql pgbouncer)"
 )
 LOOPBACK = "127.0.0.1"
 
@@ -115,9 +117,12 @@ def resp_command(address: Any, *args: str, timeout: float = 5.0) -> bytes:
 class RedisServer:
     """One ``redis-server`` process on 127.0.0.1 and a unix socket."""
 
-    def __init__(self, binary: str, workdir: str, tls_ca: Any = None) -> None:
+    def __init__(
+        self, binary: str, workdir: str, tls_ca: Any = None, extra_args: tuple[str, ...] = ()
+    ) -> None:
         self.binary = binary
         self.workdir = workdir
+        self.extra_args = list(extra_args)  # e.g. ("--replicaof", host, port)
         self.port = free_port()
         self.tls_port: int | None = None
         self.tls_args: list[str] = []
@@ -159,6 +164,7 @@ class RedisServer:
             "--protected-mode", "yes",
             "--logfile", "",
             *self.tls_args,
+            *self.extra_args,
         ]  # fmt: skip
         self.proc = subprocess.Popen(
             args,
@@ -211,6 +217,153 @@ class RedisServer:
             return Path(self.workdir, "redis.log").read_text(errors="replace")[-2000:]
         except OSError:
             return ""
+
+
+# -- Redis Sentinel ------------------------------------------------------------------------------
+
+
+def resp_call(address: tuple[str, int], *args: str, timeout: float = 5.0) -> Any:
+    """One command on a fresh connection, its reply parsed (arrays as lists); admin use."""
+    from geventconnpool.contrib.redis import RedisConnection
+
+    sock = gevent.socket.create_connection(address, timeout=timeout)
+    try:
+        sock.settimeout(timeout)
+        return RedisConnection(sock).execute(*args)
+    finally:
+        sock.close()
+
+
+class SentinelServer:
+    """One ``redis-server --sentinel`` process monitoring ``service`` on 127.0.0.1."""
+
+    def __init__(self, binary: str, workdir: str, service: str, master: tuple[str, int]) -> None:
+        self.binary = binary
+        self.workdir = workdir
+        self.port = free_port()
+        self.config = os.path.join(workdir, "sentinel.conf")
+        Path(self.config).write_text(
+            f"port {self.port}\n"
+            f"bind {LOOPBACK}\n"
+            f"dir {workdir}\n"
+            "daemonize no\n"
+            f"sentinel monitor {service} {master[0]} {master[1]} 2\n"
+            f"sentinel down-after-milliseconds {service} 1000\n"
+            f"sentinel failover-timeout {service} 10000\n"
+            f"sentinel parallel-syncs {service} 1\n"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (LOOPBACK, self.port)
+
+    def start(self) -> None:
+        log = open(os.path.join(self.workdir, "sentinel.log"), "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [self.binary, self.config, "--sentinel"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        _running.append(self)
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=15)
+        if self in _running:
+            _running.remove(self)
+
+    def log_tail(self) -> str:
+        try:
+            return Path(self.workdir, "sentinel.log").read_text(errors="replace")[-2000:]
+        except OSError:
+            return ""
+
+
+class SentinelCluster:
+    """A master, a replica and three sentinels, all on 127.0.0.1 free ports.
+
+    :meth:`start` waits until the replica is in sync and every sentinel knows the replica and
+    the two other sentinels, so that ``SENTINEL FAILOVER`` can succeed at once.
+    """
+
+    service = "mymaster"
+
+    def __init__(self, binary: str, workdir: str) -> None:
+        self.workdir = workdir
+        self.master = RedisServer(binary, self._dir("master"))
+        self.replica = RedisServer(
+            binary,
+            self._dir("replica"),
+            extra_args=("--replicaof", LOOPBACK, str(self.master.port)),
+        )
+        self.sentinels = [
+            SentinelServer(binary, self._dir(f"sentinel{i}"), self.service, self.master.address)
+            for i in range(3)
+        ]
+
+    def _dir(self, name: str) -> str:
+        path = os.path.join(self.workdir, name)
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    @property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        return [s.address for s in self.sentinels]
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.master.start()
+        self.replica.start()
+        for sentinel in self.sentinels:
+            sentinel.start()
+        wait_until(self._ready, timeout, "the sentinels to know the master, replica and peers")
+
+    def _ready(self) -> bool:
+        try:
+            info = resp_call(self.replica.address, "INFO", "replication", timeout=1.0)
+            if b"master_link_status:up" not in info:
+                return False
+            for sentinel in self.sentinels:
+                if sentinel.proc is not None and sentinel.proc.poll() is not None:
+                    raise RuntimeError(f"sentinel exited: {sentinel.log_tail()}")
+                replicas = resp_call(sentinel.address, "SENTINEL", "REPLICAS", self.service)
+                peers = resp_call(sentinel.address, "SENTINEL", "SENTINELS", self.service)
+                if len(replicas) != 1 or len(peers) != 2:
+                    return False
+                flags = dict(zip(replicas[0][::2], replicas[0][1::2], strict=True)).get(
+                    b"flags", b""
+                )
+                if flags != b"slave":
+                    return False
+            return True
+        except OSError:
+            return False
+
+    def master_address(self) -> tuple[str, int]:
+        """The master's address according to the first sentinel that answers."""
+        for sentinel in self.sentinels:
+            try:
+                host, port = resp_call(
+                    sentinel.address, "SENTINEL", "get-master-addr-by-name", self.service
+                )
+            except OSError:
+                continue
+            return (host.decode(), int(port))
+        raise RuntimeError("no sentinel answers")
+
+    def failover(self) -> None:
+        """Ask a sentinel to promote the replica (returns at once; the switch follows)."""
+        resp_call(self.sentinels[0].address, "SENTINEL", "FAILOVER", self.service)
+
+    def stop(self) -> None:
+        for server in (*self.sentinels, self.replica, self.master):
+            with contextlib.suppress(Exception):
+                server.stop()
 
 
 # -- PostgreSQL ----------------------------------------------------------------------------------
@@ -331,6 +484,123 @@ class PostgresServer:
                 )
         if self in _running:
             _running.remove(self)
+
+    def destroy(self) -> None:
+        self.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def log_tail(self) -> str:
+        try:
+            return Path(self.logfile).read_text(errors="replace")[-3000:]
+        except OSError:
+            return ""
+
+
+# -- PgBouncer -----------------------------------------------------------------------------------
+
+
+def pgbouncer_binary() -> str | None:
+    return shutil.which("pgbouncer") or next(
+        (p for p in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer") if os.access(p, os.X_OK)), None
+    )
+
+
+class PgBouncerServer:
+    """PgBouncer on 127.0.0.1 in front of a :class:`PostgresServer`, transaction pooling.
+
+    ``pool_size`` server connections at most (per database/user pair, and in total for the
+    database), ``max_client_conn`` clients. Database ``postgres`` (user ``postgres``, trust
+    auth); runs as the ``postgres`` user (``-u``) when we are root, as PgBouncer refuses root.
+    ``settings`` override or add ``[pgbouncer]`` settings, ``databases`` add entries.
+    """
+
+    def __init__(
+        self,
+        binary: str,
+        postgres: PostgresServer,
+        *,
+        pool_size: int = 10,
+        max_client_conn: int = 2000,
+        settings: dict[str, str] | None = None,
+        databases: dict[str, str] | None = None,
+    ) -> None:
+        self.binary = binary
+        self.postgres = postgres
+        self.port = free_port()
+        self.base = tempfile.mkdtemp(prefix="gcp-pgbouncer-")
+        self.config = os.path.join(self.base, "pgbouncer.ini")
+        self.logfile = os.path.join(self.base, "pgbouncer.log")
+        values = {
+            "listen_addr": LOOPBACK,
+            "listen_port": str(self.port),
+            "unix_socket_dir": "",
+            "auth_type": "trust",
+            "auth_file": os.path.join(self.base, "userlist.txt"),
+            "pool_mode": "transaction",
+            "default_pool_size": str(pool_size),
+            "max_db_connections": str(pool_size),
+            "max_client_conn": str(max_client_conn),
+            "server_login_retry": "1",
+            "admin_users": "postgres",
+            "ignore_startup_parameters": "extra_float_digits,options",
+            "logfile": self.logfile,
+            "pidfile": os.path.join(self.base, "pgbouncer.pid"),
+            **(settings or {}),
+        }
+        Path(self.base, "userlist.txt").write_text('"postgres" ""\n')
+        database = f"host={LOOPBACK} port={postgres.port} dbname=postgres user=postgres"
+        lines = ["[databases]", f"postgres = {database}"]
+        lines += [f"{name} = {spec}" for name, spec in (databases or {}).items()]
+        lines += ["", "[pgbouncer]"]
+        lines += [f"{key} = {value}" for key, value in values.items()]
+        Path(self.config).write_text("\n".join(lines) + "\n")
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam("postgres")
+            for path in (self.base, self.config, os.path.join(self.base, "userlist.txt")):
+                os.chown(path, pw.pw_uid, pw.pw_gid)
+            self.as_user = ["-u", "postgres"]  # pgbouncer switches user itself: we keep its pid
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def dsn(self) -> str:
+        return f"host={LOOPBACK} port={self.port} user=postgres dbname=postgres"
+
+    def start(self) -> None:
+        assert self.proc is None, "already running"
+        self.proc = subprocess.Popen(
+            [self.binary, *self.as_user, self.config],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        if self not in _running:
+            _running.append(self)
+
+        def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pgbouncer exited: {self.log_tail()}")
+            try:
+                with socket.create_connection((LOOPBACK, self.port), timeout=1):
+                    return True
+            except OSError:
+                return False
+
+        wait_until(ready, 15.0, f"pgbouncer on port {self.port}")
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            if proc.poll() is None:
+                proc.kill()  # a crash: clients see their connections close
+            proc.wait(timeout=15)
+        if self in _running:
+            _running.remove(self)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
 
     def destroy(self) -> None:
         self.stop()
@@ -550,6 +820,20 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory, tls_ca: Any) -> Iterator
         server.stop()
 
 
+@pytest.fixture
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelCluster]:
+    """A master, a replica and three sentinels of this test's own (it may fail them over)."""
+    binary = redis_binary()
+    if binary is None:
+        server_missing("redis-server")
+    cluster = SentinelCluster(binary, str(tmp_path_factory.mktemp("sentinel")))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """A PostgreSQL cluster for the whole session, destroyed at its end."""
@@ -559,6 +843,21 @@ def postgres_server() -> Iterator[PostgresServer]:
     if os.geteuid() == 0 and shutil.which("runuser") is None:
         server_missing("runuser (util-linux), to run PostgreSQL as `postgres`")
     server = PostgresServer(bindir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def pgbouncer(postgres_server: PostgresServer) -> Iterator[PgBouncerServer]:
+    """PgBouncer of this test's own (transaction pooling, 10 server connections) in front of
+    the session's PostgreSQL; the test may restart it."""
+    binary = pgbouncer_binary()
+    if binary is None:
+        server_missing("pgbouncer")
+    server = PgBouncerServer(binary, postgres_server)
     try:
         server.start()
         yield server

@@ -3,7 +3,8 @@
 ``python -m tests.chaos`` (what ``make chaos`` runs) drives 500 greenlets doing requests through
 ``@retry`` and a :class:`~geventconnpool.testing.FaultProxy` in front of a real ``redis-server``
 and of the embedded PING server while faults happen, checks the backend-down timeout contract,
-runs a soak with random faults, and writes ``reports/chaos-latest.md`` and ``.json`` (and the
-figures in ``docs/reliability.rst``). ``--quick`` shortens every part; the quick variants also run
-as tests in ``make test`` (``tests/test_chaos_quick.py``, ``tests/test_backend_down.py``).
+runs a soak with random faults, compares plain ``@retry`` with a shared ``RetryBudget`` under a
+3 s outage (``--only budget``), and writes ``reports/chaos-latest.md`` and ``.json`` (and the
+figures in ``docs/reliability.rst``). ``--quick`` shortens every part; the quick variants also
+run as tests in ``make test`` (``tests/test_chaos_quick.py``, ``tests/test_backend_down.py``).
 """

@@ -4,6 +4,7 @@
     python -m tests.chaos --quick          # every part shortened (a few minutes at most)
     python -m tests.chaos --soak           # only the soak
     python -m tests.chaos --only scenarios --backend ping --scenario refuse --seconds 10
+    python -m tests.chaos --only budget    # plain @retry vs a RetryBudget under a 3 s outage
 
 Exits 1 if any promise was broken (known bugs, listed in the report, do not count).
 """
@@ -16,13 +17,14 @@ import time
 from pathlib import Path
 
 from .backends import find_redis_server, in_ci
+from .budget import compare, ratio_line, summary
 from .client import RequestPolicy
 from .contract import run_contract
 from .report import Report, environment, write
 from .scenarios import FAULTS, MAX_SIZE, MIN_SIZE, WORKERS, run_scenario
 from .soak import run_soak
 
-PARTS = ("scenarios", "contract", "soak")
+PARTS = ("scenarios", "contract", "soak", "budget")
 ROOT = Path(__file__).resolve().parents[2]
 #: Contract cases ("case@T") that fail because of an open pool bug pinned by a strict xfail test;
 #: listed in the report and not counted as failures. None is open now.
@@ -79,6 +81,16 @@ def main(argv: list[str] | None = None) -> int:
         limit = args.soak_seconds or (60.0 if args.quick else 600.0)
         _say(f"soak: {checkouts:,} checkouts or {limit:.0f} s")
         report.soak = run_soak(checkouts, limit, every=0.2 if args.quick else 1.0)
+    if "budget" in parts:
+        outage = 1.0 if args.quick else 3.0
+        _say(
+            f"budget: plain @retry, then a RetryBudget; {args.workers} greenlets, "
+            f"{outage:g} s outage"
+        )
+        report.budget = list(compare(workers=args.workers, outage=outage))
+        for run in report.budget:
+            _say(summary(run))
+        _say(ratio_line(*report.budget))
     full = not args.quick and parts == set(PARTS) and args.scenario is None
     stem = "chaos-latest" if full else "chaos-quick" if args.quick else "chaos-partial"
     docs = None if args.no_docs or not full else ROOT / "docs" / "reliability.rst"

@@ -19,6 +19,7 @@ from typing import Any
 import gevent
 import greenlet
 
+from .budget import BudgetRun, ratio_line, summary
 from .contract import ContractResult
 from .scenarios import ScenarioResult
 from .soak import SoakResult
@@ -40,6 +41,7 @@ class Report:
     contract: list[ContractResult] = field(default_factory=list)
     known: dict[str, str] = field(default_factory=dict)  # contract case@T -> the known bug
     soak: SoakResult | None = None
+    budget: list[BudgetRun] = field(default_factory=list)  # plain @retry, then with a budget
     environment: dict[str, str] = field(default_factory=dict)
 
     def failures(self) -> list[str]:
@@ -50,6 +52,7 @@ class Report:
                 out += [f"contract {contract_key(c)}: {p}" for p in c.problems]
         if self.soak is not None:
             out += [f"soak: {p}" for p in self.soak.problems]
+        out += [f"budget/{r.label}: {p}" for r in self.budget for p in r.problems]
         return out
 
     def as_dict(self) -> dict[str, Any]:
@@ -63,6 +66,7 @@ class Report:
             "contract": [c.as_dict() for c in self.contract],
             "known_bugs": self.known,
             "soak": None if self.soak is None else self.soak.as_dict(),
+            "budget": [r.as_dict() for r in self.budget],
             "failures": self.failures(),
             "passed": not self.failures(),
         }
@@ -163,6 +167,11 @@ def tables(report: Report) -> list[Table]:
         out.append(contract_table(report))
     if report.soak is not None:
         out.append(soak_table(report.soak))
+    if report.budget:
+        notes = [summary(r) for r in report.budget]
+        if len(report.budget) == 2:
+            notes.append(ratio_line(*report.budget))
+        out.append(("Retry budget", ["run", "summary"], [], notes))
     return out
 
 

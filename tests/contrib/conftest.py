@@ -11,7 +11,9 @@ from geventconnpool import ConnectionPool
 from tests.servers import (  # noqa: F401  (pytest finds fixtures by name)
     fresh_redis,
     line_server,
+    pgbouncer,
     postgres_server,
+    redis_sentinel,
     redis_server,
     tls_ca,
     tls_redis,

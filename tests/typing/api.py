@@ -7,7 +7,7 @@ import logging
 
 from gevent import socket
 
-from geventconnpool import ConnectionPool, PoolStats, retry
+from geventconnpool import ConnectionPool, PoolStats, RetryBudget, retry
 
 
 class SocketPool(ConnectionPool[socket.socket]):
@@ -34,6 +34,15 @@ def configured(key: str, count: int = 1) -> int:
 
 
 my_retry = functools.partial(retry, max_failures=2)
+budget = RetryBudget(ttl=10, min_retries_per_sec=10, percent_can_retry=0.2)
+
+
+@retry(on=pool._is_disconnect, deadline=5.0, budget=budget)
+def guarded(key: str) -> bytes:
+    return key.encode()
+
+
+guarded_data: bytes = guarded("k")
 
 data: bytes = bare("k")
 n: int = configured("k", count=2)

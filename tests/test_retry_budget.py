@@ -1,0 +1,431 @@
+"""@retry's ``on=`` predicate, ``deadline=``, ``budget=`` (RetryBudget), and what it never retries.
+
+The budget arithmetic runs on an injected clock (no waiting); the pool errors come from real
+pools in the states that raise them (closed, fail-fast with the backend down, max_waiting).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+import gevent.event
+import pytest
+
+from geventconnpool import (
+    ConnectionPool,
+    PoolClosed,
+    PoolError,
+    PoolExhausted,
+    PoolTimeout,
+    PoolUnavailable,
+    RetryBudget,
+    retry,
+)
+from geventconnpool.testing import free_port
+
+
+class Clock:
+    """A clock that only moves when told (or when ``sleep`` is called)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Failing:
+    """Raises ``error`` on every call (or only the first ``failures`` calls); counts calls."""
+
+    def __init__(self, error: BaseException, failures: int | None = None) -> None:
+        self.error = error
+        self.failures = failures
+        self.calls = 0
+
+    def __call__(self) -> str:
+        self.calls += 1
+        if self.failures is None or self.calls <= self.failures:
+            raise self.error
+        return "ok"
+
+
+class Disconnect(Exception):
+    """Not an OSError: only a predicate can tell it is worth retrying."""
+
+    def __init__(self, lost: bool) -> None:
+        super().__init__("lost" if lost else "sql error")
+        self.lost = lost
+
+
+# -- on= ----------------------------------------------------------------------------------------
+
+
+def test_on_predicate_decides_over_any_exception() -> None:
+    def lost(e: BaseException) -> bool:
+        return isinstance(e, Disconnect) and e.lost
+
+    flaky = Failing(Disconnect(lost=True), failures=2)
+    assert retry(on=lost, sleep=lambda _: None)(flaky)() == "ok"
+    assert flaky.calls == 3
+    sql = Failing(Disconnect(lost=False))
+    with pytest.raises(Disconnect):
+        retry(on=lost, sleep=lambda _: None)(sql)()
+    assert sql.calls == 1
+
+
+def test_on_with_exc_classes_needs_both() -> None:
+    def always(e: BaseException) -> bool:
+        return True
+
+    outside = Failing(Disconnect(lost=True))  # not an OSError
+    with pytest.raises(Disconnect):
+        retry(exc_classes=(OSError,), on=always)(outside)()
+    assert outside.calls == 1
+    refused = Failing(ConnectionRefusedError("no"))
+    with pytest.raises(ConnectionRefusedError):
+        retry(exc_classes=(OSError,), on=lambda e: not isinstance(e, ConnectionRefusedError))(
+            refused
+        )()
+    assert refused.calls == 1
+    reset = Failing(ConnectionResetError("reset"), failures=1)
+    assert retry(exc_classes=(OSError,), on=always, sleep=lambda _: None)(reset)() == "ok"
+
+
+def test_on_is_not_asked_about_base_exceptions() -> None:
+    asked: list[BaseException] = []
+    killed = Failing(gevent.GreenletExit())
+    with pytest.raises(gevent.GreenletExit):
+        retry(on=lambda e: asked.append(e) or True)(killed)()
+    assert killed.calls == 1 and asked == []
+
+
+# -- never retried: the pool's own errors -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "error",
+    [PoolTimeout("t"), PoolUnavailable("u"), PoolExhausted("e"), PoolClosed("c"), PoolError("p")],
+    ids=lambda e: type(e).__name__,
+)
+@pytest.mark.parametrize("how", ["exc_classes=Exception", "on=always"])
+def test_pool_errors_are_never_retried_whatever_the_settings(error: PoolError, how: str) -> None:
+    options: dict[str, Any] = (
+        {"exc_classes": (Exception,)} if how.startswith("exc") else {"on": lambda e: True}
+    )
+    failing = Failing(error)
+    with pytest.raises(type(error)):
+        retry(max_failures=5, sleep=lambda _: None, **options)(failing)()
+    assert failing.calls == 1
+
+
+class RefusedPool(ConnectionPool[Any]):
+    """Connects to a closed loopback port: every connect fails."""
+
+    def _new_connection(self) -> Any:
+        import gevent.socket
+
+        return gevent.socket.create_connection(("127.0.0.1", self.port), timeout=1)
+
+    def __init__(self, port: int, **options: Any) -> None:
+        self.port = port
+        super().__init__(**options)
+
+
+class OnePool(ConnectionPool[object]):
+    def _new_connection(self) -> object:
+        return object()
+
+
+def _call_through_retry(pool: ConnectionPool[Any], timeout: float | None = None) -> Failing:
+    """A counted function doing ``with pool.get(): ...`` under a generous @retry."""
+    counter = Failing(RuntimeError("unused"), failures=0)
+
+    def use() -> None:
+        counter.calls += 1
+        with pool.get(timeout):
+            pass
+
+    retrying = retry(exc_classes=(Exception,), on=lambda e: True, max_failures=5)
+    with pytest.raises(PoolError) as info:
+        retrying(use)()
+    counter.error = info.value
+    return counter
+
+
+def test_real_pool_closed_is_not_retried() -> None:
+    pool = OnePool(size=1)
+    pool.close()
+    calls = _call_through_retry(pool)
+    assert isinstance(calls.error, PoolClosed) and calls.calls == 1
+
+
+def test_real_pool_unavailable_is_not_retried() -> None:
+    pool = RefusedPool(
+        free_port(), size=1, fail_fast=True, fail_fast_after=1, reconnect_delay=0.01, timeout=5
+    )
+    try:
+        with gevent.Timeout(5):
+            while pool.stats().available:
+                gevent.sleep(0.01)
+        calls = _call_through_retry(pool)
+        assert isinstance(calls.error, PoolUnavailable) and calls.calls == 1
+    finally:
+        pool.close()
+
+
+def test_real_pool_exhausted_is_not_retried() -> None:
+    pool = OnePool(size=1, max_waiting=1)
+    try:
+        with pool.get():
+            waiter = gevent.spawn(lambda: pool.get(5).__enter__())
+            with gevent.Timeout(5):
+                while pool.stats().waiting < 1:
+                    gevent.sleep(0.001)
+            calls = _call_through_retry(pool, timeout=5)
+        assert isinstance(calls.error, PoolExhausted) and calls.calls == 1
+        waiter.join(5)
+    finally:
+        pool.close()
+
+
+# -- deadline= ----------------------------------------------------------------------------------
+
+
+def test_deadline_bounds_all_attempts_together(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    failing = Failing(ConnectionResetError("reset"))
+    decorated = retry(
+        failing,
+        interval=1.0,
+        deadline=3.5,
+        sleep=clock.sleep,
+        clock=clock,
+        logger=logging.getLogger("deadline-test"),
+    )
+    start = clock.now
+    with caplog.at_level(logging.INFO, "deadline-test"), pytest.raises(ConnectionResetError):
+        decorated()
+    assert failing.calls == 4  # at 0, 1, 2, 3 s; a fifth would start at 4 s > 3.5 s
+    assert clock.now - start == pytest.approx(3.0)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and errors[0].startswith("Retry deadline of 3.5s passed for")
+    assert errors[0].endswith("(error: 'reset'). Aborting.")
+
+
+def test_deadline_does_not_sleep_past_itself() -> None:
+    clock = Clock()
+    failing = Failing(ConnectionResetError("reset"))
+    with pytest.raises(ConnectionResetError):
+        retry(failing, interval=0.4, backoff=2, deadline=1.0, sleep=clock.sleep, clock=clock)()
+    assert failing.calls == 2  # sleeps 0.4 then would sleep 0.8 to 1.2 s > 1.0: stops at 0.4 s
+    assert clock.now == pytest.approx(1000.4)
+
+
+def test_deadline_zero_means_no_retry() -> None:
+    failing = Failing(ConnectionResetError("reset"))
+    with pytest.raises(ConnectionResetError):
+        retry(failing, deadline=0.0, interval=0.001, sleep=lambda _: None)()
+    assert failing.calls == 1
+
+
+# -- RetryBudget arithmetic ---------------------------------------------------------------------
+
+
+def test_budget_allows_a_fraction_of_recent_calls() -> None:
+    clock = Clock()
+    budget = RetryBudget(ttl=10, min_retries_per_sec=0, percent_can_retry=0.2, clock=clock)
+    assert budget.balance == 0 and not budget.withdraw()
+    for _ in range(10):
+        budget.deposit()
+    assert budget.balance == 2
+    assert budget.withdraw() and budget.withdraw()
+    assert not budget.withdraw()
+    assert (budget.granted, budget.refused, budget.exhausted) == (2, 2, True)
+    for _ in range(5):
+        budget.deposit()
+    assert budget.withdraw() and not budget.exhausted
+
+
+def test_budget_deposits_expire_after_ttl_in_slices() -> None:
+    clock = Clock(0.0)
+    budget = RetryBudget(ttl=10, min_retries_per_sec=0, percent_can_retry=0.5, clock=clock)
+    for _ in range(4):
+        budget.deposit()  # slice [0, 1)
+    clock.now = 5.0
+    for _ in range(2):
+        budget.deposit()  # slice [5, 6)
+    assert budget.balance == 3
+    clock.now = 9.99
+    assert budget.balance == 3  # the first slice is still in the window
+    clock.now = 10.0
+    assert budget.balance == 1  # it left: only the deposits made at 5 s remain
+    clock.now = 15.0
+    assert budget.balance == 0
+    clock.now = 1e6  # a long idle gap clears everything at once
+    assert budget.balance == 0
+
+
+def test_withdrawals_expire_too_so_retries_come_back() -> None:
+    clock = Clock(0.0)
+    budget = RetryBudget(ttl=2, min_retries_per_sec=1, percent_can_retry=0.0, clock=clock)
+    assert budget.balance == 2  # floor only: 1 retry/s over a 2 s window
+    assert budget.withdraw() and budget.withdraw() and not budget.withdraw()
+    clock.now = 2.0
+    assert budget.balance == 2
+
+
+def test_budget_floor_is_min_retries_per_sec_times_ttl() -> None:
+    budget = RetryBudget(ttl=10, min_retries_per_sec=3, percent_can_retry=0.2, clock=Clock())
+    assert budget.balance == 30
+    granted = sum(budget.withdraw() for _ in range(100))
+    assert granted == 30 and budget.refused == 70
+
+
+def test_percent_above_one_and_zero_everything() -> None:
+    generous = RetryBudget(ttl=1, min_retries_per_sec=0, percent_can_retry=2.0, clock=Clock())
+    generous.deposit()
+    assert generous.balance == 2
+    never = RetryBudget(ttl=1, min_retries_per_sec=0, percent_can_retry=0, clock=Clock())
+    never.deposit()
+    assert never.balance == 0 and not never.withdraw()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"ttl": 0}, "ttl"),
+        ({"ttl": float("nan")}, "ttl"),
+        ({"ttl": "10"}, "ttl"),
+        ({"min_retries_per_sec": -1}, "min_retries_per_sec"),
+        ({"percent_can_retry": -0.1}, "percent_can_retry"),
+        ({"percent_can_retry": 1001}, "percent_can_retry"),
+        ({"percent_can_retry": True}, "percent_can_retry"),
+        ({"clock": 5}, "clock"),
+    ],
+)
+def test_budget_bad_arguments_are_rejected(kwargs: dict[str, Any], name: str) -> None:
+    with pytest.raises((TypeError, ValueError), match=name):
+        RetryBudget(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"on": 5}, "on"),
+        ({"budget": 0.2}, "budget"),
+        ({"deadline": -1}, "deadline"),
+        ({"deadline": float("inf")}, "deadline"),
+        ({"clock": None}, "clock"),
+        ({"retry_log_message": "{nope}"}, "retry_log_message"),
+    ],
+)
+def test_retry_bad_new_arguments_are_rejected(kwargs: dict[str, Any], name: str) -> None:
+    with pytest.raises((TypeError, ValueError), match=name):
+        retry(**kwargs)
+
+
+# -- @retry(budget=) ----------------------------------------------------------------------------
+
+
+def _outage(budget: RetryBudget | None, calls: int, sleep: Callable[[float], None]) -> int:
+    """``calls`` calls of a function that always fails, each allowed 5 retries; attempts made."""
+    failing = Failing(ConnectionResetError("down"))
+    decorated = retry(failing, max_failures=5, budget=budget, sleep=sleep)
+    for _ in range(calls):
+        with pytest.raises(ConnectionResetError):
+            decorated()
+    return failing.calls
+
+
+def test_budget_caps_retries_across_calls() -> None:
+    clock = Clock()
+    budget = RetryBudget(ttl=10, min_retries_per_sec=0.5, percent_can_retry=0.1, clock=clock)
+    attempts = _outage(budget, 200, lambda _: None)
+    # 200 calls; retries: 10% of them (20) plus the floor, 0.5/s over 10 s (5)
+    assert attempts == 200 + 20 + 5
+    assert _outage(None, 200, lambda _: None) == 200 * 6
+
+
+def test_budget_exhaustion_is_logged_at_most_once_per_ttl(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    budget = RetryBudget(ttl=10, min_retries_per_sec=0, percent_can_retry=0.5, clock=clock)
+    failing = Failing(ConnectionResetError("down"))
+    decorated = retry(
+        failing,
+        max_failures=3,
+        budget=budget,
+        sleep=lambda _: None,
+        logger=logging.getLogger("budget-test"),
+        max_failure_log_level=logging.WARNING,
+    )
+    with caplog.at_level(logging.INFO, "budget-test"):
+        for _ in range(20):
+            with pytest.raises(ConnectionResetError):
+                decorated()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "Retry budget exhausted" in warnings[0].getMessage()
+    assert budget.granted == 10 and budget.refused >= 10
+    assert failing.calls == 20 + 10
+    clock.now += 10  # a ttl later, a refusal is logged again
+    with caplog.at_level(logging.INFO, "budget-test"):
+        for _ in range(3):
+            with pytest.raises(ConnectionResetError):
+                decorated()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2
+
+
+def test_budget_lets_a_flaky_call_succeed_on_retry() -> None:
+    budget = RetryBudget(ttl=10, min_retries_per_sec=1, percent_can_retry=0.2, clock=Clock())
+    flaky = Failing(ConnectionResetError("once"), failures=1)
+    assert retry(flaky, budget=budget, sleep=lambda _: None)() == "ok"
+    assert budget.granted == 1
+
+
+# -- the chaos run, short -----------------------------------------------------------------------
+
+
+def test_outage_with_budget_sends_at_most_1_plus_fraction_per_call() -> None:
+    from .chaos.budget import compare
+
+    plain, budgeted = compare(workers=200, outage=1.0)
+    assert budgeted.budget is not None and not plain.problems and not budgeted.problems
+    fraction = budgeted.budget["percent_can_retry"]
+    floor = budgeted.budget["min_retries_per_sec"] * budgeted.budget["ttl"]
+    assert budgeted.requests <= (1 + fraction) * budgeted.calls + floor
+    assert budgeted.refused > 0  # the budget, not max_failures, stopped the retries
+    assert plain.outage_requests_per_call > 2 * budgeted.outage_requests_per_call
+    assert plain.outage_attempts_per_call > 2 * budgeted.outage_attempts_per_call
+
+
+# -- DbApiPool.retrying() as one call of retry ------------------------------------------------
+
+
+class OperationalError(Exception):
+    """Named like a DB-API driver's: DbApiPool's classifier reads class names and messages."""
+
+
+def test_dbapi_retrying_is_expressible_as_retry_on_is_disconnect() -> None:
+    from geventconnpool.contrib.dbapi import DbApiPool
+
+    pool = DbApiPool(lambda: object(), pool_options={"size": 1}, ping_query=None)
+    try:
+        as_retry = retry(on=pool._is_disconnect, max_failures=3, sleep=lambda _: None)
+        lost = Failing(OperationalError("server closed the connection unexpectedly"), 2)
+        assert as_retry(lost)() == "ok" and lost.calls == 3
+        sql = Failing(OperationalError('relation "nope" does not exist'))
+        with pytest.raises(OperationalError):
+            as_retry(sql)()
+        assert sql.calls == 1
+        timeout = Failing(PoolTimeout("busy"))
+        with pytest.raises(PoolTimeout):
+            as_retry(timeout)()
+        assert timeout.calls == 1
+    finally:
+        pool.close()
