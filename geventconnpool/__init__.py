@@ -14,6 +14,8 @@ from .errors import (
     PoolTimeout,
     PoolUnavailable,
 )
+from ._multi import combine_stats
+from .keyed import PoolMap
 from .pool import ConnectionPool
 from .retry import retry
 from .stats import ConnectionInfo, Discarded, PoolDump, PoolStats, WaiterInfo
@@ -29,11 +31,13 @@ __all__ = [
     "PoolDump",
     "PoolError",
     "PoolExhausted",
+    "PoolMap",
     "PoolStats",
     "PoolTimeout",
     "PoolUnavailable",
     "WaiterInfo",
     "__version__",
+    "combine_stats",
     "retry",
 ]
 
