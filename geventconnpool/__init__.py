@@ -6,6 +6,8 @@ Subclass :class:`ConnectionPool`, implement ``_new_connection()``, and use
 
 import logging
 
+from ._multi import combine_stats
+from .balanced import BalancedPool
 from .errors import (
     DEFAULT_EXC_CLASSES,
     PoolClosed,
@@ -14,7 +16,6 @@ from .errors import (
     PoolTimeout,
     PoolUnavailable,
 )
-from ._multi import combine_stats
 from .keyed import PoolMap
 from .pool import ConnectionPool
 from .retry import retry
@@ -24,6 +25,7 @@ __version__ = "1.0.0.dev0"
 
 __all__ = [
     "DEFAULT_EXC_CLASSES",
+    "BalancedPool",
     "ConnectionInfo",
     "ConnectionPool",
     "Discarded",
