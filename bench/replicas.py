@@ -117,7 +117,8 @@ class Load:
 class KillResult:
     requests: int  # requests completed or failed over the whole run
     failed: int
-    in_flight: int  # checkouts in progress on the victim at the moment it was killed
+    in_flight: int  # checkouts in progress on the victim when it was killed (waiting or holding)
+    holding: int  # of those, the ones holding a connection to it
     ejected_after: float  # seconds from the kill to its ejection: no new traffic from then on
     back_after: float  # seconds from its restart to its first request served again
     errors: tuple[str, ...]
@@ -140,6 +141,7 @@ def kill_and_restart(
         load.wait_for(lambda: load.ok >= 3000, 20, "warm-up traffic")
         address = endpoints[victim]
         in_flight = next(e.outstanding for e in bp.endpoints() if e.endpoint == address)
+        holding = bp.stats(address).in_use
         kill()
         ejected = load.wait_for(
             lambda: any(e.ejected for e in bp.endpoints() if e.endpoint == address), 10, "ejection"
@@ -155,7 +157,7 @@ def kill_and_restart(
         load.stop()
         bp.close()
     return KillResult(
-        load.ok + load.failed, load.failed, in_flight, ejected, back, tuple(load.errors)
+        load.ok + load.failed, load.failed, in_flight, holding, ejected, back, tuple(load.errors)
     )
 
 
@@ -247,10 +249,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 use_retry=use_retry,
             )
             label = "with @retry   " if use_retry else "without @retry"
+            ejected = max(r.ejected_after * 1000, 5)  # polled every 5 ms
             print(
                 f"kill -9 one, {label}: {r.failed} of {r.requests} requests failed "
-                f"({r.in_flight} were in flight on it); ejected {r.ejected_after * 1000:.0f} ms "
-                f"after the kill; served again {r.back_after * 1000:.0f} ms after the restart"
+                f"({r.in_flight} in flight on it, {r.holding} holding a connection); ejected "
+                f"within {ejected:.0f} ms; served again {r.back_after * 1000:.0f} ms after restart"
             )
         s = slow_replica_share(endpoints, delay=args.delay, greenlets=args.greenlets)
         shares = ", ".join(f"{x:.1%}" for x in s.shares)
