@@ -47,6 +47,7 @@ C = TypeVar("C")
 _UNSET: Any = object()
 _numbers = itertools.count(1)
 _monotonic = time.monotonic
+_ROOM_POLL = 0.05  # seconds between looks for idle connections while connects wait for room
 
 
 class _Ledger:
@@ -174,6 +175,7 @@ class PoolMap(Generic[K, C]):
         self._gone = combine_stats(self.name, [])  # counters of pools closed and dropped
         self._closed = False
         self._room_maker: gevent.Greenlet[Any, None] | None = None
+        self._room_hint = Event()  # wakes the room maker: a connection may have turned idle
         self._reaper: gevent.Greenlet[Any, None] | None = None
         if self._max_pool_idle is not None:
             self._reaper = gevent.spawn(_reap_loop, weakref.ref(self), self._max_pool_idle)
@@ -427,16 +429,28 @@ class PoolMap(Generic[K, C]):
 
     # ------------------------------------------------------------------ making room
     def _start_room_maker(self) -> None:
-        if self._room_maker is None and not self._closed:
+        """Look for room now: start the room maker, or wake it if it is running."""
+        if self._closed:
+            return
+        if self._room_maker is None:
             self._room_maker = gevent.spawn(self._make_room)
+        else:
+            self._room_hint.set()
 
     def _make_room(self) -> None:
-        """While connects wait for a token, close idle connections of other keys (LRU first)."""
+        """While connects wait for a token, close idle connections of other keys (LRU first).
+
+        With nothing to reclaim it looks again on the next release through the map, and at
+        least every ``_ROOM_POLL`` seconds: a connection can turn idle unseen (a connect that
+        completes after its caller gave up).
+        """
         try:
             while self._token_waiters and not self._closed:
                 entry = self._reclaimable()
                 if entry is None:
-                    return
+                    self._room_hint.clear()
+                    self._room_hint.wait(_ROOM_POLL)
+                    continue
                 self._reclaim(entry)
         finally:
             self._room_maker = None

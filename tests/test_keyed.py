@@ -380,3 +380,26 @@ def test_close_closes_every_pool(make_map: Callable[..., PoolMap[Any, socket.soc
             pass
     assert "closed" in repr(m)
     m.close()  # idempotent
+
+
+def test_a_connection_that_turns_idle_unseen_still_makes_room(
+    maps: list[PoolMap[Any, Any]],
+) -> None:
+    gate = gevent.event.Event()
+
+    def factory(key: str) -> FakePool:
+        pool = FakePool(max_size=1, min_size=0)
+        if key == "a":
+            pool.gate = gate  # a's connect hangs until the gate opens
+        return pool
+
+    m: PoolMap[str, FakeConn] = PoolMap(factory, max_total=1)
+    maps.append(m)
+    with pytest.raises(PoolTimeout):
+        with m.get("a", timeout=0.05):  # gives up; a's connect (holding the token) goes on
+            pass
+    waiter = gevent.spawn(lambda: m.get("b", timeout=3).__enter__())
+    wait_until(lambda: "waiting_for_room=1" in repr(m), what="b waits for room")
+    gate.set()  # a's connection arrives, idle, with nobody returning anything through the map
+    assert isinstance(waiter.get(timeout=3), FakeConn)
+    assert "a" not in m  # its idle connection was closed to make room
