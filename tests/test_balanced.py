@@ -4,9 +4,11 @@ redis-servers under 200 greenlets (a replica killed and restarted, a replica slo
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import random
 import signal
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -359,3 +361,18 @@ def test_a_slow_replica_gets_less_than_60_percent_of_its_fair_share(
     r = slow_replica_share([s.address for s in redis_trio], delay=0.002, requests=6000)
     assert r.requests >= 6000
     assert r.slow_share < 0.6 / 3, r
+
+
+def test_the_background_greenlet_does_not_keep_the_balanced_pool_alive(
+    made: dict[Endpoint, FakePool],
+) -> None:
+    def factory(ep: Endpoint) -> FakePool:
+        made[ep] = FakePool(max_size=1, min_size=0)
+        return made[ep]
+
+    bp = BalancedPool([A, B], factory, consecutive_failures=1)
+    fail_on(made[A], 1)  # an ejection: the background greenlet has work scheduled
+    ref = weakref.ref(bp)
+    del bp
+    gc.collect()
+    assert ref() is None

@@ -403,3 +403,22 @@ def test_a_connection_that_turns_idle_unseen_still_makes_room(
     gate.set()  # a's connection arrives, idle, with nobody returning anything through the map
     assert isinstance(waiter.get(timeout=3), FakeConn)
     assert "a" not in m  # its idle connection was closed to make room
+
+
+def test_the_reaper_and_the_hooks_do_not_keep_the_map_alive() -> None:
+    made: list[FakePool] = []
+
+    def factory(key: str) -> FakePool:
+        made.append(FakePool(max_size=1, min_size=0))
+        return made[-1]
+
+    m: PoolMap[str, FakeConn] = PoolMap(factory, max_total=2, max_pool_idle=0.05)
+    with m.get("a"):
+        pass
+    ref = weakref.ref(m)
+    del m
+    gc.collect()
+    assert ref() is None
+    with made[0].get(timeout=1):  # the pool still works without its map (no cap any more)
+        pass
+    made[0].close()
