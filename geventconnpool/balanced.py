@@ -151,6 +151,12 @@ class _BalancedCheckout(Generic[C]):
             if ep.pool.closed:
                 self._bp._drop_retired()
 
+    def __del__(self) -> None:
+        ep = self._ep
+        if ep is not None:  # entered, never exited, now garbage: no longer outstanding
+            self._ep = None
+            ep.outstanding -= 1
+
 
 class BalancedPool(Generic[C]):
     """Checkouts spread over equivalent endpoints by P2C least-loaded, with outlier ejection.

@@ -130,6 +130,12 @@ class _KeyedCheckout(Generic[K, C]):
         finally:
             self._map._leave(entry)
 
+    def __del__(self) -> None:
+        entry = self._entry
+        if entry is not None:  # entered, never exited, now garbage (the pool reclaims the
+            self._entry = None  # connection itself): the map forgets the caller too
+            gevent.get_hub().loop.run_callback(self._map._leave, entry)
+
 
 class PoolMap(Generic[K, C]):
     """One pool per key, made on first use by ``factory(key)``; caps per key and in total.

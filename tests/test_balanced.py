@@ -376,3 +376,12 @@ def test_the_background_greenlet_does_not_keep_the_balanced_pool_alive(
     del bp
     gc.collect()
     assert ref() is None
+
+
+def test_a_leaked_get_context_is_no_longer_outstanding(
+    balanced: Callable[..., BalancedPool[FakeConn]],
+) -> None:
+    bp = balanced([A])
+    bp.get().__enter__()  # entered, never exited, dropped at once
+    gc.collect()
+    assert state(bp, A).outstanding == 0

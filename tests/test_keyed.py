@@ -422,3 +422,13 @@ def test_the_reaper_and_the_hooks_do_not_keep_the_map_alive() -> None:
     with made[0].get(timeout=1):  # the pool still works without its map (no cap any more)
         pass
     made[0].close()
+
+
+def test_a_leaked_get_context_leaves_no_busy_caller(maps: list[PoolMap[Any, Any]]) -> None:
+    m: PoolMap[str, FakeConn] = PoolMap(lambda key: FakePool(max_size=1, min_size=0))
+    maps.append(m)
+    m.get("a").__enter__()  # entered, never exited, dropped at once
+    gc.collect()
+    wait_until(lambda: "busy=0" in repr(m), what="the leaked caller forgotten")
+    with m.get("a", timeout=1):  # and its connection is back in service
+        pass
