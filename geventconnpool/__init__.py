@@ -6,6 +6,8 @@ Subclass :class:`ConnectionPool`, implement ``_new_connection()``, and use
 
 import logging
 
+from ._multi import combine_stats
+from .balanced import BalancedPool
 from .budget import RetryBudget
 from .errors import (
     DEFAULT_EXC_CLASSES,
@@ -15,6 +17,7 @@ from .errors import (
     PoolTimeout,
     PoolUnavailable,
 )
+from .keyed import PoolMap
 from .pool import ConnectionPool
 from .retry import retry
 from .stats import ConnectionInfo, Discarded, PoolDump, PoolStats, WaiterInfo
@@ -23,6 +26,7 @@ __version__ = "1.0.0.dev0"
 
 __all__ = [
     "DEFAULT_EXC_CLASSES",
+    "BalancedPool",
     "ConnectionInfo",
     "ConnectionPool",
     "Discarded",
@@ -30,12 +34,14 @@ __all__ = [
     "PoolDump",
     "PoolError",
     "PoolExhausted",
+    "PoolMap",
     "PoolStats",
     "PoolTimeout",
     "PoolUnavailable",
     "RetryBudget",
     "WaiterInfo",
     "__version__",
+    "combine_stats",
     "retry",
 ]
 

@@ -8,9 +8,32 @@ import time
 LOGGER = logging.getLogger("geventconnpool")
 
 
+class _PoolLogger(logging.Logger):
+    """A pool's own logger, *not* registered with :mod:`logging`'s manager, so that it is freed
+    with its pool: a program that makes pools by the thousand (one per key, see
+    :class:`~geventconnpool.keyed.PoolMap`) would otherwise keep one logger per pool name ever
+    used. It propagates to ``geventconnpool`` like a registered child would."""
+
+    def isEnabledFor(self, level: int) -> bool:
+        # No cache: logging clears the caches of registered loggers only.
+        if self.manager.disable >= level:
+            return False
+        return level >= self.getEffectiveLevel()
+
+
 def pool_logger(name: str) -> logging.Logger:
-    """The logger of the pool called ``name``: a child of ``geventconnpool``."""
-    return LOGGER.getChild(name)
+    """The logger of the pool called ``name``: a child of ``geventconnpool``.
+
+    A logger registered under that name beforehand (``logging.getLogger("geventconnpool.x")``,
+    e.g. by ``dictConfig``) is used as is; otherwise the pool gets an unregistered one.
+    """
+    full = f"{LOGGER.name}.{name}"
+    registered = logging.Logger.manager.loggerDict.get(full)
+    if isinstance(registered, logging.Logger):
+        return registered
+    logger = _PoolLogger(full)
+    logger.parent = LOGGER
+    return logger
 
 
 class RateLimitedLog:

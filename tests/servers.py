@@ -807,6 +807,23 @@ def fresh_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServe
 
 
 @pytest.fixture
+def redis_trio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisServer]]:
+    """Three redis-servers of this test's own (equivalent replicas), each on its own port; a
+    test may kill (``os.kill(server.proc.pid, SIGKILL)``) and restart them."""
+    binary = redis_binary()
+    if binary is None:
+        server_missing("redis-server")
+    servers = [RedisServer(binary, str(tmp_path_factory.mktemp(f"redis{i}"))) for i in range(3)]
+    try:
+        for server in servers:
+            server.start()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@pytest.fixture
 def tls_redis(tmp_path_factory: pytest.TempPathFactory, tls_ca: Any) -> Iterator[RedisServer]:
     """A redis-server with a TLS port (``tls_port``) whose certificate ``tls_ca`` signed."""
     binary = redis_binary()
