@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import ssl as _stdssl
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import gevent.socket
+import gevent.ssl
 
 from ..errors import PoolError
 from ..pool import ConnectionPool
@@ -45,6 +47,7 @@ from .tcp import (
     TlsStats,
     default_ssl_context,
     probe_socket,
+    probe_tls_socket,
     warn_if_unverified,
 )
 
@@ -70,6 +73,13 @@ _TRACKED |= {"HELLO", "CLIENT"}
 _SUB_REPLIES = {b"subscribe": 0, b"psubscribe": 0, b"unsubscribe": 0, b"punsubscribe": 0}
 _SUB_REPLIES |= {b"ssubscribe": 1, b"sunsubscribe": 1}
 _UNSUB_REPLIES = frozenset({b"unsubscribe", b"punsubscribe", b"sunsubscribe"})
+
+_TLS_SOCKETS = (_stdssl.SSLSocket, gevent.ssl.SSLSocket)
+_POLL_MASK = (
+    select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP | select.POLLNVAL
+    if hasattr(select, "poll")
+    else 0
+)
 
 #: The reply limits' defaults (RedisPool class attributes, keyword arguments too).
 DEFAULT_LIMITS = Limits(
@@ -119,6 +129,7 @@ class RedisConnection:
         self._db = str(db)
         self._subscribed = self._monitor = self._multi = False
         self._subs = [0, 0]  # channels+patterns, shard channels (from the server's replies)
+        self._poller: Any = None  # a poll object for this socket, made on the first probe
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -145,6 +156,30 @@ class RedisConnection:
             return "unread data"
         mode = self.mode
         return f"left in {mode} mode" if mode else None
+
+    def idle_and_quiet(self) -> bool:
+        """True if this connection may be handed out: this process's, settled (nothing owed,
+        no mode, not broken) and with no byte waiting in its socket. No round trip."""
+        if (
+            self.pending
+            or self.broken
+            or self.condemned
+            or self._subscribed
+            or self._monitor
+            or self._multi
+            or self.reader.buffered()
+            or self.pid != os.getpid()
+        ):
+            return False
+        if isinstance(self.sock, _TLS_SOCKETS):
+            return probe_tls_socket(self.sock)
+        if not hasattr(select, "poll"):  # Windows
+            return probe_socket(self.sock)
+        poller = self._poller
+        if poller is None:  # one poll object per connection: the probe is a single poll(0)
+            poller = self._poller = select.poll()
+            poller.register(self.sock.fileno(), _POLL_MASK)
+        return not poller.poll(0)
 
     def check_usable(self) -> None:
         """Raise :class:`RedisConnectionError` if this connection must not be used any more."""
@@ -469,9 +504,7 @@ class RedisPool(ConnectionPool[RedisConnection]):
         # Every hand-out: never give out a broken, inherited or unsettled connection, nor one
         # with bytes nobody asked for (a pushed message, an error before a server-side close).
         # The probe is one poll() of the socket: no round trip (cost in docs/guides/redis.rst).
-        if conn.pid != os.getpid() or conn.reusable() is not None:
-            return False
-        return probe_socket(conn.sock)
+        return conn.idle_and_quiet()
 
     def _on_release(self, conn: RedisConnection) -> bool:
         # A holder that left replies unread, or left the connection subscribed, in MONITOR,
