@@ -6,6 +6,7 @@ older one (4.5, 5.x and 8.x were run).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -23,7 +24,13 @@ from redis.retry import Retry  # noqa: E402
 from geventconnpool import PoolTimeout, retry  # noqa: E402
 from geventconnpool.contrib.redispy import RedisPyConnectionPool  # noqa: E402
 from tests.contrib.test_redis import ping_calls  # noqa: E402
-from tests.servers import LOOPBACK, RedisServer, wait_until  # noqa: E402
+from tests.servers import (  # noqa: E402
+    LOOPBACK,
+    RedisServer,
+    redis_binary,
+    server_missing,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 
@@ -242,3 +249,21 @@ def test_import_error_names_the_extra() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
     ).stdout
     assert "pip install 'geventconnpool[redis]'" in out
+
+
+def test_server_restart_under_200_greenlets_monkey_patched() -> None:
+    """The same as a gevent app: patch_all(), so redis-py's sockets are cooperative."""
+    if redis_binary() is None:
+        server_missing("redis-server")
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.contrib.redispy_run"],
+        capture_output=True,
+        text=True,
+        timeout=55,
+        check=True,
+    ).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["ok"] == 200 and result["done"] == 2000, result
+    assert 0 < result["counter"] <= 2000, result
+    assert result["peak_in_use"] > 1, result  # greenlets really shared the pool concurrently
+    assert result["open"] <= 10 and result["discarded"] >= 1, result
