@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import time
+
 from geventconnpool import ConnectionPool
 from geventconnpool.contrib.redis import RedisPool
 from geventconnpool.testing import PingServer
@@ -72,7 +73,9 @@ def main() -> None:
     extra = best["RedisPool"] - best["no probe"]
     print(f"the probe itself (conn.idle_and_quiet(): checks + one poll(0)): {alone:.2f} µs")
     print(f"for scale, one PING round trip to the embedded server: {ping:.1f} µs")
-    print(f"the probe adds {extra:.2f} µs per hand-out ({args.n} iterations, best of {args.rounds})")
+    print(
+        f"the probe adds {extra:.2f} µs per hand-out ({args.n} iterations, best of {args.rounds})"
+    )
 
 
 if __name__ == "__main__":

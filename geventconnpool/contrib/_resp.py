@@ -21,8 +21,8 @@ __all__ = [
     "RedisConnectionError",
     "RedisError",
     "RedisTimeoutError",
-    "ResponseError",
     "RespReader",
+    "ResponseError",
     "encode_command",
 ]
 
@@ -247,10 +247,8 @@ class RespReader:
             self.sock.settimeout(remaining)
         try:
             data = self.sock.recv(_RECV)
-        except socket.timeout as exc:
-            raise RedisTimeoutError(
-                f"no full reply within socket_timeout={self.timeout}s"
-            ) from exc
+        except TimeoutError as exc:  # socket.timeout
+            raise RedisTimeoutError(f"no full reply within socket_timeout={self.timeout}s") from exc
         if not data:
             raise RedisConnectionError("connection closed by the server")
         self.received += len(data)

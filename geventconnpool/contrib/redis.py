@@ -38,8 +38,8 @@ from ._resp import (
     RedisConnectionError,
     RedisError,
     RedisTimeoutError,
-    RespReader,
     ResponseError,
+    RespReader,
     encode_command,
 )
 from .tcp import (

@@ -94,7 +94,8 @@ class _Backend(ConnectionPool[Any]):
         self.connection_kwargs = connection_kwargs  # the adapter's dict: set_retry() updates it
         self.live: set[Any] = set()
         options.setdefault(
-            "exc_classes", (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+            "exc_classes",
+            (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError),
         )
         super().__init__(**options)
 
@@ -151,12 +152,10 @@ class _Backend(ConnectionPool[Any]):
     def _is_disconnect(self, exc: BaseException) -> bool:
         if isinstance(exc, PoolError):
             return False
-        return isinstance(exc, self.exc_classes) or isinstance(
-            exc, redis.exceptions.ReadOnlyError
-        )
+        return isinstance(exc, (*self.exc_classes, redis.exceptions.ReadOnlyError))
 
 
-class RedisPyConnectionPool(_RedisPyPool):  # type: ignore[misc]
+class RedisPyConnectionPool(_RedisPyPool):
     """A redis-py ``ConnectionPool`` backed by :class:`~geventconnpool.ConnectionPool`.
 
     ``RedisPyConnectionPool(host="127.0.0.1", port=6379, db=0, *, unix_socket_path=None,
@@ -181,8 +180,10 @@ class RedisPyConnectionPool(_RedisPyPool):  # type: ignore[misc]
         **pool_options: Any,
     ) -> None:
         if connection_class is None:
-            connection_class = Connection if unix_socket_path is None else UnixDomainSocketConnection
-        kwargs = self._connection_kwargs(
+            connection_class = (
+                Connection if unix_socket_path is None else UnixDomainSocketConnection
+            )
+        kwargs = self._split_arguments(
             connection_class, connection_kwargs, pool_options, host, port, db, unix_socket_path
         )
         super().__init__(connection_class=connection_class, **kwargs)
@@ -196,7 +197,7 @@ class RedisPyConnectionPool(_RedisPyPool):  # type: ignore[misc]
         self._checkouts: dict[Any, Any] = {}  # connection -> its get() context
 
     @staticmethod
-    def _connection_kwargs(
+    def _split_arguments(
         connection_class: type[Any],
         connection_kwargs: dict[str, Any] | None,
         pool_options: dict[str, Any],
@@ -213,7 +214,9 @@ class RedisPyConnectionPool(_RedisPyPool):  # type: ignore[misc]
             if key == "max_connections":
                 hint = "the pool's size is max_size=N"
             elif key in params:
-                hint = f"it is a redis-py connection argument: pass connection_kwargs={{{key!r}: ...}}"
+                hint = (
+                    f"it is a redis-py connection argument: pass connection_kwargs={{{key!r}: ...}}"
+                )
             else:
                 hint = "it is neither a pool option nor a redis-py connection argument"
             raise TypeError(f"RedisPyConnectionPool: unexpected keyword argument {key!r}; {hint}")
@@ -245,7 +248,7 @@ class RedisPyConnectionPool(_RedisPyPool):  # type: ignore[misc]
         """A pool from a redis-py URL (``redis://``, ``rediss://``, ``unix://``), parsed by
         redis-py's own ``parse_url``; ``pool_options`` as for the constructor. The URL's
         ``max_connections`` becomes ``max_size`` and ``timeout`` the pool's wait timeout."""
-        opts = parse_url(url)
+        opts: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
         connection_class = opts.pop("connection_class", Connection)
         if "max_connections" in opts:
             pool_options["max_size"] = opts.pop("max_connections")

@@ -21,10 +21,10 @@ from tests.servers import LOOPBACK, RedisServer
         ("redis://", {"port": 6379}),
         ("redis://%2Fvar%2Frun%2Fredis.sock", {"host": "/var/run/redis.sock", "port": 6379}),
         ("redis://myuser:@localhost", {"host": "localhost", "port": 6379, "username": "myuser"}),
-        ("redis://:mypassword@localhost", {"host": "localhost", "port": 6379, "password": "mypassword"}),
+        ("redis://:mypassword@localhost", {"host": "localhost", "port": 6379, "password": "mypassword"}),  # noqa: E501
         (
             "redis://my%2Fusername:my%2Fpassword@localhost",
-            {"host": "localhost", "port": 6379, "username": "my/username", "password": "my/password"},
+            {"host": "localhost", "port": 6379, "username": "my/username", "password": "my/password"},  # noqa: E501
         ),
         ("redis://[::1]", {"host": "::1", "port": 6379}),
         ("redis://localhost:6380", {"host": "localhost", "port": 6380}),
@@ -46,14 +46,14 @@ from tests.servers import LOOPBACK, RedisServer
                 "timeout": 5.0,
             },
         ),
-        ("redis://localhost?socket_keepalive=Yes", {"host": "localhost", "port": 6379, "tcp_keepalive": True}),
+        ("redis://localhost?socket_keepalive=Yes", {"host": "localhost", "port": 6379, "tcp_keepalive": True}),  # noqa: E501
         ("unix:///socket", {"unix_socket_path": "/socket"}),
         (
             "unix://myuser:mypassword@/socket",
             {"unix_socket_path": "/socket", "username": "myuser", "password": "mypassword"},
         ),
         ("unix:///socket?db=1", {"unix_socket_path": "/socket", "db": 1}),
-        ("unix:///my%2Fpath%2Fto%2F..%2F+_%2B%3D%24ocket", {"unix_socket_path": "/my/path/to/../+_+=$ocket"}),
+        ("unix:///my%2Fpath%2Fto%2F..%2F+_%2B%3D%24ocket", {"unix_socket_path": "/my/path/to/../+_+=$ocket"}),  # noqa: E501
         ("unix:///socket?client_name=test", {"unix_socket_path": "/socket", "client_name": "test"}),
     ],
 )  # fmt: skip

@@ -213,14 +213,17 @@ def test_from_url(redis_server: RedisServer, closing: list[Any]) -> None:
     assert pool.name == f"redis 127.0.0.1:{redis_server.port}/2"
     r = redis.Redis(connection_pool=pool)
     r.set("rp:db2", "here")
-    assert redis.Redis(connection_pool=make(redis_server, closing, db=2, size=1)).get("rp:db2") == b"here"
+    assert (
+        redis.Redis(connection_pool=make(redis_server, closing, db=2, size=1)).get("rp:db2")
+        == b"here"
+    )
     unix = RedisPyConnectionPool.from_url(f"unix://{redis_server.unix_socket}?db=2", size=1)
     closing.append(unix)
     assert redis.Redis(connection_pool=unix).get("rp:db2") == b"here"
 
 
 def test_misplaced_arguments_are_type_errors_naming_them() -> None:
-    with pytest.raises(TypeError, match="'socket_timeout'.*connection_kwargs"):
+    with pytest.raises(TypeError, match=r"'socket_timeout'.*connection_kwargs"):
         RedisPyConnectionPool(socket_timeout=1)
     with pytest.raises(TypeError, match="max_size"):
         RedisPyConnectionPool(max_connections=5)
