@@ -31,8 +31,9 @@ from geventconnpool.contrib.redis import (
     RedisTimeoutError,
     ResponseError,
 )
+from geventconnpool.contrib.tcp import probe_socket
 from geventconnpool.testing import FaultProxy
-from tests.servers import LOOPBACK, RedisServer, free_port
+from tests.servers import LOOPBACK, RedisServer, free_port, wait_until
 
 pytestmark = [pytest.mark.timeout(60)]
 
@@ -160,7 +161,7 @@ def test_every_hand_out_probes_for_a_dead_or_chatty_socket(
     with pool.get() as first:
         first.execute("PING")
     redis_server.command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
-    gevent.sleep(0.05)  # let the FIN arrive (a kill sends it at once)
+    wait_until(lambda: not probe_socket(first.sock), 5, "the FIN of the killed connection")
     with pool.get() as conn:
         assert conn is not first
         assert conn.execute("PING") == "PONG"
