@@ -249,7 +249,8 @@ class RedisConnection:
             reply = reader.read()
         except BaseException as exc:
             untouched = reader.received == received and reader.consumed == consumed
-            if not (pushes and untouched) or isinstance(exc, RedisConnectionError):
+            lost = isinstance(exc, RedisConnectionError) and not isinstance(exc, RedisTimeoutError)
+            if not (pushes and untouched) or lost:
                 self.broken = f"interrupted while reading a reply ({type(exc).__name__})"
             raise
         if self.pending > 0:

@@ -239,6 +239,16 @@ def test_a_timeout_waiting_for_a_pushed_message_keeps_the_subscription(
         assert not conn.broken
         redis_server.command("PUBLISH", "t:quiet", "later")
         assert conn.read_reply() == [b"message", b"t:quiet", b"later"]
+    timed = RedisPool(LOOPBACK, redis_server.port, size=1, socket_timeout=0.05)
+    closing.append(timed)
+    with timed.get() as conn:  # the same with socket_timeout as the bound
+        conn.send(("SUBSCRIBE", "t:quiet"))
+        conn.read_reply()
+        with pytest.raises(RedisTimeoutError):
+            conn.read_reply()
+        assert not conn.broken
+        redis_server.command("PUBLISH", "t:quiet", "again")
+        assert conn.read_reply() == [b"message", b"t:quiet", b"again"]
 
 
 # -- issue 11.1c: a connection used in a forked child ------------------------------------------

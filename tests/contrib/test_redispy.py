@@ -143,6 +143,26 @@ def test_keepalive_sends_ping(redis_server: RedisServer, closing: list[Any]) -> 
     assert pool.stats().discarded.keepalive == 0
 
 
+def test_checkout_check_sends_ping_and_replaces_a_killed_connection(
+    redis_server: RedisServer, closing: list[Any]
+) -> None:
+    pool = make(
+        redis_server,
+        closing,
+        max_size=1,
+        check_idle_after=0,
+        connection_kwargs={"client_name": "gcp-rp"},
+    )
+    r = redis.Redis(connection_pool=pool)
+    first = r.client_id()
+    before = ping_calls(redis_server)
+    r.echo("x")
+    assert ping_calls(redis_server) == before + 1  # the check: one real PING
+    redis_server.command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    assert r.client_id() != first  # the check found it dead; the caller saw no error
+    assert pool.stats().discarded.check == 1
+
+
 def test_server_restart_under_200_greenlets_with_retry(
     fresh_redis: RedisServer, closing: list[Any]
 ) -> None:
