@@ -29,6 +29,7 @@ __all__ = [
 Arg = bytes | str | int | float
 _CRLF = b"\r\n"
 _RECV = 65536
+_ARRAY, _BULK, _SIMPLE, _ERROR, _INT = b"*$+-:"
 
 
 class RedisError(Exception):
@@ -119,6 +120,22 @@ def _length(rest: bytes, limit: int, what: str, option: str) -> int:
     return n
 
 
+def _simple(kind: int, line: bytes) -> Any:
+    """A reply that fits on its line: simple string, error, integer."""
+    if kind == _SIMPLE:
+        return line[1:].decode(errors="replace")
+    if kind == _ERROR:
+        return error_reply(line[1:].decode(errors="replace"))
+    if kind == _INT:
+        digits = line[2:] if line[1:2] == b"-" else line[1:]
+        if not digits.isdigit():
+            raise ProtocolError(f"invalid integer reply {line[:64]!r}")
+        return int(line[1:])
+    if not line:
+        raise ProtocolError("empty line where a reply was expected")
+    raise ProtocolError(f"unknown reply type: {line[:64]!r}")
+
+
 class RespReader:
     """Reads RESP2 replies from a socket into Python values, within :class:`Limits`.
 
@@ -155,24 +172,26 @@ class RespReader:
 
     def _parse(self, deadline: float | None) -> Any:
         stack: list[tuple[list[Any], int]] = []  # open arrays: (items so far, items expected)
-        max_depth = self.limits.max_depth
         while True:
             line = self._line(deadline)
-            kind, rest = line[:1], line[1:]
+            kind = line[0] if line else 0
             value: Any
-            if kind == b"*":
-                n = _length(rest, self.limits.max_elements, "array", "max_elements")
+            if kind == _ARRAY:
+                n = _length(line[1:], self.limits.max_elements, "array", "max_elements")
                 if n > 0:
-                    if len(stack) >= max_depth:
+                    if len(stack) >= self.limits.max_depth:
                         raise ProtocolError(
-                            f"reply nested deeper than {max_depth} arrays; raise max_depth "
-                            "if the server is right"
+                            f"reply nested deeper than max_depth={self.limits.max_depth} "
+                            "arrays; raise max_depth if the server is right"
                         )
                     stack.append(([], n))
                     continue
                 value = None if n < 0 else []
+            elif kind == _BULK:
+                n = _length(line[1:], self.limits.max_bulk_length, "bulk string", "max_bulk_length")
+                value = None if n < 0 else self._exactly(n, deadline)
             else:
-                value = self._scalar(kind, rest, line, deadline)
+                value = _simple(kind, line)
             while stack:
                 items, n = stack[-1]
                 items.append(value)
@@ -183,57 +202,37 @@ class RespReader:
             else:
                 return value
 
-    def _scalar(self, kind: bytes, rest: bytes, line: bytes, deadline: float | None) -> Any:
-        if kind == b"$":
-            n = _length(rest, self.limits.max_bulk_length, "bulk string", "max_bulk_length")
-            return None if n < 0 else self._exactly(n, deadline)
-        if kind == b"+":
-            return rest.decode(errors="replace")
-        if kind == b"-":
-            return error_reply(rest.decode(errors="replace"))
-        if kind == b":":
-            digits = rest[1:] if rest[:1] == b"-" else rest
-            if not digits.isdigit():
-                raise ProtocolError(f"invalid integer reply {line[:64]!r}")
-            return int(rest)
-        if not line:
-            raise ProtocolError("empty line where a reply was expected")
-        raise ProtocolError(f"unknown reply type: {line[:64]!r}")
-
     def _line(self, deadline: float | None) -> bytes:
-        limit = self.limits.max_line_length
+        buf = self._buf
         while True:
-            end = self._buf.find(_CRLF, max(self._pos, self._scanned - 1))
+            pos = self._pos
+            end = buf.find(_CRLF, self._scanned - 1 if self._scanned > pos else pos)
             if end >= 0:
-                if end - self._pos > limit:
-                    raise ProtocolError(f"reply line longer than {limit} bytes")
-                line = bytes(self._buf[self._pos : end])
-                self._consume(end + 2)
+                if end - pos > self.limits.max_line_length:
+                    raise ProtocolError(f"reply line longer than {self.limits.max_line_length}")
+                line = bytes(buf[pos:end])
+                self.consumed += end + 2 - pos
+                self._pos = self._scanned = end + 2
                 return line
-            self._scanned = len(self._buf)
-            if self._scanned - self._pos > limit:
+            self._scanned = len(buf)
+            if self._scanned - pos > self.limits.max_line_length:
                 raise ProtocolError(
-                    f"no CRLF within {limit} bytes: not a RESP reply line (max_line_length)"
+                    f"no CRLF within {self.limits.max_line_length} bytes: not a RESP reply "
+                    "line (max_line_length)"
                 )
             self._fill(deadline)
 
     def _exactly(self, n: int, deadline: float | None) -> bytes:
         while len(self._buf) - self._pos < n + 2:
             self._fill(deadline)
-        end = self._pos + n
+        pos = self._pos
+        end = pos + n
         if self._buf[end : end + 2] != _CRLF:
             raise ProtocolError("bulk string not terminated by CRLF")
-        data = bytes(self._buf[self._pos : end])
-        self._consume(end + 2)
+        data = bytes(self._buf[pos:end])
+        self.consumed += n + 2
+        self._pos = self._scanned = end + 2
         return data
-
-    def _consume(self, upto: int) -> None:
-        self.consumed += upto - self._pos
-        if upto >= len(self._buf):
-            self._buf.clear()
-            self._pos = self._scanned = 0
-        else:
-            self._pos = self._scanned = upto
 
     def _fill(self, deadline: float | None) -> None:
         if self._pos:  # drop what was parsed before the buffer grows (amortised O(1))

@@ -340,7 +340,7 @@ def hostile(reply: bytes) -> Handler:
         (b"*-7\r\n", "invalid array length"),
         (b"$+5\r\nhello\r\n", "invalid bulk string length"),
         (b":1_000\r\n", "invalid integer"),
-        (b"*1\r\n" * 100, "nested deeper than 64"),
+        (b"*1\r\n" * 100, "nested deeper than max_depth=64"),
         (b"+" + b"x" * 70000, "no CRLF within 65536 bytes"),
     ],
 )
