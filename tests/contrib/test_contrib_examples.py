@@ -43,6 +43,7 @@ def test_every_integration_has_an_example() -> None:
         "https_keepalive.py",
         "postgres_pool.py",
         "redis_pool.py",
+        "redispy_pool.py",
         "thrift_pool.py",
         "tls_pool.py",
     ]
@@ -69,6 +70,18 @@ def test_redis_example(redis_server: RedisServer) -> None:
         r"an error reply keeps the connection: ERR wrong number of arguments",
         r"PING -> PONG",
         r"stats: open=10 created=10 ",
+    )
+
+
+@pytest.mark.redis
+def test_redispy_example(redis_server: RedisServer) -> None:
+    out = run("redispy_pool.py", "--port", str(redis_server.port), "--db", "7")
+    expect(
+        out,
+        r"1000 INCRs from 1000 greenlets: counter = 1000",
+        r"pipeline: \[True, b'hello', 1\] in 1 checkout",
+        r"pub/sub got b'hi'",
+        r"stats: open=\d+ created=\d+ discarded=1",
     )
 
 

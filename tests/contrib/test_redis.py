@@ -201,9 +201,8 @@ def test_server_restart_mid_run_with_retry(fresh_redis: RedisServer, closing: li
     gevent.joinall(workers, raise_error=True, timeout=40)
     assert all(w.successful() for w in workers)
     assert done[0] == 2000
-    assert retried[0] >= 1, "the restart was never noticed"
-    stats = pool.stats()
-    assert stats.discarded.error + stats.discarded.check >= 1
+    stats = pool.stats()  # noticed by a caller (retried) or by the hand-out probe (check)
+    assert stats.discarded.error + stats.discarded.check >= 1, "the restart was never noticed"
     assert stats.open <= 5
     with pool.get() as conn:  # the counter restarted with the server
         assert 0 < int(conn.execute("GET", "t:counter")) <= 2000

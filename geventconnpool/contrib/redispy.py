@@ -1,0 +1,351 @@
+"""redis-py's client on our pool: :class:`RedisPyConnectionPool`.
+
+::
+
+    import redis
+    from geventconnpool.contrib.redispy import RedisPyConnectionPool
+
+    pool = RedisPyConnectionPool("127.0.0.1", 6379, max_size=20, timeout=5, keepalive=30)
+    r = redis.Redis(connection_pool=pool)
+    r.set("key", "value")
+
+redis-py's own connection class (``redis.Connection``, ``SSLConnection``,
+``UnixDomainSocketConnection``) speaks the protocol; our :class:`~geventconnpool.ConnectionPool`
+does the pooling: fair waiting with a deadline, checkout probes, keepalive PINGs, fork safety,
+fail-fast, ``stats()``. Pool options are keyword arguments (as for every ready-made pool);
+redis-py connection arguments go in ``connection_kwargs={...}``. Tested with redis-py 4.5, 5.x
+and 8.x.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Iterable
+from typing import Any
+
+try:
+    import redis
+    import redis.exceptions
+    from redis.connection import (
+        Connection,
+        UnixDomainSocketConnection,
+        parse_url,
+    )
+    from redis.connection import ConnectionPool as _RedisPyPool
+except ImportError as exc:  # pragma: no cover - the extra is not installed
+    raise ImportError(
+        "geventconnpool.contrib.redispy needs redis-py: pip install 'geventconnpool[redis]'"
+    ) from exc
+
+from ..errors import PoolError
+from ..pool import ConnectionPool
+from ..stats import PoolStats
+
+__all__ = ["RedisPyConnectionPool"]
+
+#: The core pool's options: keyword arguments of RedisPyConnectionPool.
+POOL_OPTIONS = frozenset(inspect.signature(ConnectionPool.__init__).parameters) - {"self"}
+#: Commands after which a connection must not go back to the pool.
+_STICKY = frozenset({"SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "MONITOR", "RESET", "QUIT"})
+_MODE = "_geventconnpool_mode"  # attribute set on a redis-py connection that entered a mode
+
+
+def _connection_params(connection_class: type[Any]) -> set[str]:
+    """Keyword arguments of ``connection_class`` (and its bases), for error messages."""
+    names: set[str] = set()
+    for klass in getattr(connection_class, "__mro__", ()):
+        init = klass.__dict__.get("__init__")
+        if init is not None:
+            try:
+                names.update(inspect.signature(init).parameters)
+            except (TypeError, ValueError):
+                pass
+    return names - {"self", "args", "kwargs"}
+
+
+def _track_modes(conn: Any) -> None:
+    """Wrap ``conn.send_command`` so that SUBSCRIBE, MONITOR ... mark the connection."""
+    send = conn.send_command
+
+    def send_command(*args: Any, **kwargs: Any) -> Any:
+        if args:
+            name = args[0]
+            if isinstance(name, bytes):
+                name = name.decode("latin-1")
+            if isinstance(name, str) and name.upper() in _STICKY:
+                setattr(conn, _MODE, name.upper())
+        return send(*args, **kwargs)
+
+    conn.send_command = send_command
+
+
+def _pong(reply: Any) -> bool:
+    return reply in (b"PONG", "PONG") or (isinstance(reply, list) and reply[:1] in ([b"pong"],))
+
+
+class _Backend(ConnectionPool[Any]):
+    """Our pool of redis-py connections (the engine behind :class:`RedisPyConnectionPool`)."""
+
+    def __init__(
+        self, connection_class: type[Any], connection_kwargs: dict[str, Any], **options: Any
+    ) -> None:
+        self.connection_class = connection_class
+        self.connection_kwargs = connection_kwargs  # the adapter's dict: set_retry() updates it
+        self.live: set[Any] = set()
+        options.setdefault(
+            "exc_classes",
+            (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError),
+        )
+        super().__init__(**options)
+
+    def make(self) -> Any:
+        conn = self.connection_class(**self.connection_kwargs)
+        _track_modes(conn)
+        return conn
+
+    def _new_connection(self) -> Any:
+        conn = self.make()
+        try:
+            conn.connect()
+        except BaseException:
+            conn.disconnect()
+            raise
+        self.live.add(conn)
+        return conn
+
+    def _keepalive(self, conn: Any) -> None:
+        conn.send_command("PING", check_health=False)
+        reply = conn.read_response()
+        if not _pong(reply):
+            raise redis.exceptions.ConnectionError(f"PING answered {reply!r}, not PONG")
+
+    def _check(self, conn: Any) -> bool:
+        self._keepalive(conn)
+        return True
+
+    def _on_acquire(self, conn: Any) -> bool:
+        # Never hand out a disconnected connection (redis-py would silently reconnect it
+        # outside the pool), one that entered a mode, or one with unread data (can_read()
+        # is a zero round-trip poll; EOF makes it raise, which discards too).
+        if conn._sock is None or getattr(conn, _MODE, None) or conn.pid != os.getpid():
+            return False
+        return not conn.can_read()
+
+    def _on_release(self, conn: Any) -> bool:
+        # redis-py disconnects a connection on any error or interruption, and PubSub/Monitor
+        # disconnect theirs before releasing: those are discarded, never reconnected in place.
+        if conn._sock is None or getattr(conn, _MODE, None):
+            return False
+        return not conn.can_read()
+
+    def _close_connection(self, conn: Any) -> None:
+        self.live.discard(conn)
+        conn.disconnect()
+
+    def _forget_connection(self, conn: Any) -> None:
+        # redis-py's disconnect() in another process closes only this process's descriptor
+        # (no shutdown(), so the parent's session goes on).
+        self.live.discard(conn)
+        conn.disconnect()
+
+    def _is_disconnect(self, exc: BaseException) -> bool:
+        if isinstance(exc, PoolError):
+            return False
+        return isinstance(exc, (*self.exc_classes, redis.exceptions.ReadOnlyError))
+
+
+class RedisPyConnectionPool(_RedisPyPool):
+    """A redis-py ``ConnectionPool`` backed by :class:`~geventconnpool.ConnectionPool`.
+
+    ``RedisPyConnectionPool(host="127.0.0.1", port=6379, db=0, *, unix_socket_path=None,
+    connection_class=redis.Connection, connection_kwargs=None, **pool_options)``:
+    ``pool_options`` are the core pool's (``max_size``, ``min_size``, ``timeout``,
+    ``keepalive``, ``check_idle_after``, ``fail_fast`` ...; the default ``name`` is
+    ``"redis <address>/<db>"``); ``connection_kwargs`` go to ``connection_class`` (redis-py's
+    ``password``, ``socket_timeout``, ``decode_responses``, ``ssl_*`` ...). A misplaced
+    argument is a ``TypeError`` naming it. ``get_connection()`` waits at most ``timeout``
+    seconds and then raises :class:`~geventconnpool.PoolTimeout`.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 6379,
+        db: int = 0,
+        *,
+        unix_socket_path: str | None = None,
+        connection_class: type[Any] | None = None,
+        connection_kwargs: dict[str, Any] | None = None,
+        **pool_options: Any,
+    ) -> None:
+        if connection_class is None:
+            connection_class = (
+                Connection if unix_socket_path is None else UnixDomainSocketConnection
+            )
+        kwargs = self._split_arguments(
+            connection_class, connection_kwargs, pool_options, host, port, db, unix_socket_path
+        )
+        super().__init__(connection_class=connection_class, **kwargs)
+        if getattr(self, "cache", None) is not None:
+            raise ValueError("client-side caching (cache=, cache_config=) is not supported here")
+        connection_class(**self.connection_kwargs)  # unknown connection arguments fail now
+        address = unix_socket_path if unix_socket_path is not None else f"{host}:{port}"
+        pool_options.setdefault("name", f"redis {address}/{db}")
+        self.address = address
+        self._backend = _Backend(connection_class, self.connection_kwargs, **pool_options)
+        self._checkouts: dict[Any, Any] = {}  # connection -> its get() context
+
+    @staticmethod
+    def _split_arguments(
+        connection_class: type[Any],
+        connection_kwargs: dict[str, Any] | None,
+        pool_options: dict[str, Any],
+        host: str,
+        port: int,
+        db: int,
+        unix_socket_path: str | None,
+    ) -> dict[str, Any]:
+        """Check that every argument is in its place; return the connection's arguments."""
+        params = _connection_params(connection_class)
+        for key in pool_options:
+            if key in POOL_OPTIONS:
+                continue
+            if key == "max_connections":
+                hint = "the pool's size is max_size=N"
+            elif key in params:
+                hint = (
+                    f"it is a redis-py connection argument: pass connection_kwargs={{{key!r}: ...}}"
+                )
+            else:
+                hint = "it is neither a pool option nor a redis-py connection argument"
+            raise TypeError(f"RedisPyConnectionPool: unexpected keyword argument {key!r}; {hint}")
+        if connection_kwargs is not None and not isinstance(connection_kwargs, dict):
+            raise TypeError(
+                f"connection_kwargs must be a dict, not {type(connection_kwargs).__name__}"
+            )
+        kwargs = dict(connection_kwargs or {})
+        for key in kwargs:
+            if key in POOL_OPTIONS or key == "max_connections":
+                raise TypeError(
+                    f"connection_kwargs[{key!r}] is a pool option: pass {key}= to "
+                    "RedisPyConnectionPool itself"
+                )
+            if key in ("host", "port", "db", "path", "connection_class"):
+                raise TypeError(
+                    f"connection_kwargs[{key!r}]: pass it as RedisPyConnectionPool's own "
+                    f"argument ({'unix_socket_path' if key == 'path' else key}=)"
+                )
+        if unix_socket_path is not None:
+            kwargs["path"] = unix_socket_path
+        else:
+            kwargs["host"], kwargs["port"] = host, port
+        kwargs["db"] = db
+        return kwargs
+
+    @classmethod
+    def from_url(cls, url: str, **pool_options: Any) -> RedisPyConnectionPool:
+        """A pool from a redis-py URL (``redis://``, ``rediss://``, ``unix://``), parsed by
+        redis-py's own ``parse_url``; ``pool_options`` as for the constructor. The URL's
+        ``max_connections`` becomes ``max_size`` and ``timeout`` the pool's wait timeout."""
+        opts: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
+        connection_class = opts.pop("connection_class", Connection)
+        if "max_connections" in opts:
+            pool_options["max_size"] = opts.pop("max_connections")
+        if "timeout" in opts:
+            pool_options["timeout"] = opts.pop("timeout")
+        where: dict[str, Any] = {"db": opts.pop("db", 0)}
+        if "path" in opts:
+            where["unix_socket_path"] = opts.pop("path")
+        else:
+            where["host"] = opts.pop("host", "localhost")
+            where["port"] = opts.pop("port", 6379)
+        return cls(
+            **where, connection_class=connection_class, connection_kwargs=opts, **pool_options
+        )
+
+    # -- redis-py's ConnectionPool interface ----------------------------------------------------
+
+    def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
+        """Check a connection out (waiting at most the pool's ``timeout``); ``release()`` it."""
+        checkout = self._backend.get()
+        conn = checkout.__enter__()
+        self._checkouts[conn] = checkout
+        return conn
+
+    def release(self, connection: Any) -> None:
+        """Give a connection back; a disconnected or subscribed one is discarded."""
+        checkout = self._checkouts.pop(connection, None)
+        if checkout is not None:
+            checkout.__exit__(None, None, None)
+
+    def make_connection(self) -> Any:
+        """A new, unconnected connection of ``connection_class`` (the pool opens its own)."""
+        return self._backend.make()
+
+    def owns_connection(self, connection: Any) -> bool:
+        return connection in self._checkouts or connection in self._backend.live
+
+    def disconnect(self, inuse_connections: bool = True) -> None:
+        """Close the idle connections; with ``inuse_connections``, disconnect the checked-out
+        ones too (they are discarded when released, as after any disconnect)."""
+        self._backend.invalidate()
+        if inuse_connections:
+            for conn in list(self._checkouts):
+                conn.disconnect()
+
+    def reset(self) -> None:
+        """redis-py calls this after a fork; our pool handles forks itself: start afresh."""
+        self.pid = os.getpid()
+        self._available_connections: list[Any] = []
+        self._in_use_connections: set[Any] = set()
+        self._created_connections = 0
+        backend = getattr(self, "_backend", None)
+        if backend is not None:
+            backend.invalidate()
+
+    def close(self) -> None:
+        """Close the pool for good (redis-py's ``Redis.from_pool()`` client calls this)."""
+        self._backend.close()
+
+    def set_retry(self, retry: Any) -> None:
+        self.connection_kwargs["retry"] = retry
+        for conn in list(self._backend.live):
+            conn.retry = retry
+
+    def _get_free_connections(self) -> Iterable[Any]:
+        return [c for c in self._backend.live if c not in self._checkouts]
+
+    def _get_in_use_connections(self) -> set[Any]:
+        return set(self._checkouts)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._backend!r}>"
+
+    # -- our pool ---------------------------------------------------------------------------
+
+    @property
+    def pool(self) -> ConnectionPool[Any]:
+        """The :class:`~geventconnpool.ConnectionPool` doing the work (``dump()``, ``resize()``)."""
+        return self._backend
+
+    @property
+    def name(self) -> str:
+        return str(self._backend.name)
+
+    @property
+    def exc_classes(self) -> tuple[type[BaseException], ...]:
+        """What means "connection lost": for ``@retry(exc_classes=pool.exc_classes)``."""
+        return self._backend.exc_classes
+
+    def stats(self) -> PoolStats:
+        return self._backend.stats()
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        self._backend.wait_ready(timeout)
+
+    def __enter__(self) -> RedisPyConnectionPool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
