@@ -342,8 +342,11 @@ class _CommandReader:
         end = self._buf.find(terminator, max(self._pos, self._scan))
         if end < 0:
             if len(self._buf) - self._pos > _MAX_INLINE:
-                raise ProtocolError("too big inline request" if self._count is None else
-                                    "too big bulk or multibulk header")
+                raise ProtocolError(
+                    "too big inline request"
+                    if self._count is None
+                    else "too big bulk or multibulk header"
+                )
             self._scan = max(self._pos, len(self._buf) - len(terminator) + 1)
             return None
         if end - self._pos > _MAX_INLINE:

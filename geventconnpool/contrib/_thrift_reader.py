@@ -98,7 +98,8 @@ class _Source:
         if end > self.limit:
             raise _limit_error(
                 f"thrift reply larger than max_message_size ({self.limit} bytes)"
-                if self.limit else "empty thrift frame"
+                if self.limit
+                else "empty thrift frame"
             )
         while len(self.buf) < end:
             self._recv(min(max(end - len(self.buf), _RECV_SIZE), self.limit - len(self.buf)))
@@ -253,5 +254,7 @@ def _check_header(src: _Source, limits: ThriftLimits, expect: str) -> None:
     start = src.take(size)
     name = bytes(src.buf[start : start + size])
     if name != expect.encode():
-        raise _invalid(f"thrift reply is for {name!r}, not for {expect!r}: the stream is out of step")
+        raise _invalid(
+            f"thrift reply is for {name!r}, not {expect!r}: the stream is out of step"
+        )
     src.take(4)  # seqid

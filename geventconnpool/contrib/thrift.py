@@ -25,7 +25,7 @@ from typing import Any
 import gevent
 from thriftpy2.protocol import TBinaryProtocolFactory
 from thriftpy2.protocol.exc import TProtocolException
-from thriftpy2.thrift import TApplicationException, TClient, TException
+from thriftpy2.thrift import TApplicationException, TClient
 from thriftpy2.transport import (
     TBufferedTransportFactory,
     TFramedTransportFactory,

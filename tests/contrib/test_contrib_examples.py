@@ -85,6 +85,7 @@ def test_postgres_example(postgres_server: PostgresServer, driver: str) -> None:
     out = run("postgres_pool.py", "--driver", driver, "--port", str(postgres_server.port))
     expect(
         out,
+        rf"pool name: postgresql 127\.0\.0\.1:{postgres_server.port}/postgres",
         rf"{driver}: 100 greenlets ran pg_sleep\(0\.05\) on 10 connections in \d+\.\d\ds",
         r"the next holder sees 0 uncommitted rows: rolled back on release",
         r"an SQL error keeps the connection",

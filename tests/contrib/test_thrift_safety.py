@@ -151,7 +151,7 @@ def _in_child(fork: Callable[[], int], body: Callable[[], Any]) -> Any:
             os.close(r)
             try:
                 report: dict[str, Any] = {"ok": True, "result": body()}
-            except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            except BaseException as exc:
                 report = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
             os.write(w, json.dumps(report).encode())
         finally:
@@ -251,6 +251,10 @@ def _string_field(size: int) -> bytes:
     return b"\x0b" + struct.pack("!hi", 0, size)  # field 0 (success), string of ``size`` bytes
 
 
+def _list_field(etype: bytes, count: int) -> bytes:
+    return b"\x0f" + struct.pack("!h", 0) + etype + struct.pack("!i", count)
+
+
 def _nested_lists(depth: int) -> bytes:
     return b"\x0f" + struct.pack("!h", 0) + (b"\x0f" + struct.pack("!i", 1)) * depth
 
@@ -258,9 +262,9 @@ def _nested_lists(depth: int) -> bytes:
 HOSTILE = {
     "2 GB string": (b"echo", _string_field(2**31 - 1)),
     "negative string": (b"echo", _string_field(-5)),
-    "2 billion strings": (b"recorded", b"\x0f" + struct.pack("!h", 0) + b"\x0b" + struct.pack("!i", 2**31 - 1)),
-    "900k strings in 1 KB": (b"recorded", b"\x0f" + struct.pack("!h", 0) + b"\x0b" + struct.pack("!i", 900_000)),
-    "negative list": (b"recorded", b"\x0f" + struct.pack("!h", 0) + b"\x0b" + struct.pack("!i", -7)),
+    "2 billion strings": (b"recorded", _list_field(b"\x0b", 2**31 - 1)),
+    "900k strings in 1 KB": (b"recorded", _list_field(b"\x0b", 900_000)),
+    "negative list": (b"recorded", _list_field(b"\x0b", -7)),
     "100 000 nested lists": (b"recorded", _nested_lists(100_000)),
     "unknown type": (b"echo", b"\x63" + struct.pack("!h", 0)),
     "reply to another call": (b"ping", _string_field(4) + b"pong\x00"),
