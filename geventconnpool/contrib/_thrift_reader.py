@@ -254,7 +254,5 @@ def _check_header(src: _Source, limits: ThriftLimits, expect: str) -> None:
     start = src.take(size)
     name = bytes(src.buf[start : start + size])
     if name != expect.encode():
-        raise _invalid(
-            f"thrift reply is for {name!r}, not {expect!r}: the stream is out of step"
-        )
+        raise _invalid(f"thrift reply is for {name!r}, not {expect!r}: the stream is out of step")
     src.take(4)  # seqid

@@ -113,19 +113,21 @@ def test_default_name_from_the_dsn(
     assert named.name == "orders"
 
 
-@pytest.mark.parametrize(
-    ("module", "args", "kwargs", "expected"),
-    [
-        ("psycopg2", ("host=db.internal port=6432 dbname=app password=x",), {}, "postgresql db.internal:6432/app"),
-        ("psycopg2", ("host='db' dbname='my app'",), {}, "postgresql db:5432/my app"),
-        ("psycopg2", ("postgresql://u:secret@db.internal:5433/app?sslmode=require",), {}, "postgresql db.internal:5433/app"),
-        ("pg8000.dbapi", (), {"host": "10.0.0.5", "database": "app", "password": "x"}, "postgresql 10.0.0.5:5432/app"),
-        ("pg8000.dbapi", (), {"unix_sock": "/run/postgresql/.s.PGSQL.5432", "database": "app"}, "postgresql /run/postgresql/.s.PGSQL.5432/app"),
-        ("psycopg2", ("dbname=app",), {}, "postgresql"),
-        ("pymysql", (), {"host": "db", "port": 3306, "db": "shop"}, "pymysql db:3306/shop"),
-        ("sqlite3", (":memory:",), {}, "sqlite3"),
-    ],
-)  # fmt: skip
+PG = "postgresql"
+SOCK = "/run/postgresql/.s.PGSQL.5432"
+NAME_CASES = [
+    ("psycopg2", ("host=db.internal port=6432 dbname=app password=x",), {}, f"{PG} db.internal:6432/app"),
+    ("psycopg2", ("host='db' dbname='my app'",), {}, f"{PG} db:5432/my app"),
+    ("psycopg2", ("postgresql://u:secret@db.internal:5433/app",), {}, f"{PG} db.internal:5433/app"),
+    ("pg8000.dbapi", (), {"host": "10.0.0.5", "database": "app"}, f"{PG} 10.0.0.5:5432/app"),
+    ("pg8000.dbapi", (), {"unix_sock": SOCK, "database": "app"}, f"{PG} {SOCK}/app"),
+    ("psycopg2", ("dbname=app",), {}, PG),
+    ("pymysql", (), {"host": "db", "port": 3306, "db": "shop"}, "pymysql db:3306/shop"),
+    ("sqlite3", (":memory:",), {}, "sqlite3"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("module", "args", "kwargs", "expected"), NAME_CASES)
 def test_default_name(
     module: str, args: tuple[Any, ...], kwargs: dict[str, Any], expected: str
 ) -> None:
