@@ -116,7 +116,7 @@ def test_default_name_from_the_dsn(
 PG = "postgresql"
 SOCK = "/run/postgresql/.s.PGSQL.5432"
 NAME_CASES = [
-    ("psycopg2", ("host=db.internal port=6432 dbname=app password=x",), {}, f"{PG} db.internal:6432/app"),
+    ("psycopg2", ("host=db port=6432 dbname=app password=x",), {}, f"{PG} db:6432/app"),
     ("psycopg2", ("host='db' dbname='my app'",), {}, f"{PG} db:5432/my app"),
     ("psycopg2", ("postgresql://u:secret@db.internal:5433/app",), {}, f"{PG} db.internal:5433/app"),
     ("pg8000.dbapi", (), {"host": "10.0.0.5", "database": "app"}, f"{PG} 10.0.0.5:5432/app"),
