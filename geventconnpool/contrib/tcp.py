@@ -390,7 +390,8 @@ class TcpPool(_SocketPool[gevent.socket.socket]):
     Keyword options: ``tcp_keepalive`` (OS-level keepalive; with ``tcp_keepalive_idle``,
     ``tcp_keepalive_interval``, ``tcp_keepalive_count`` in seconds/probes), ``tcp_nodelay``
     (default True), ``socket_timeout`` (per-operation timeout once connected, default None),
-    ``source_address`` (a ``(host, port)`` tuple); everything else goes to
+    ``source_address`` (a ``(host, port)`` tuple); ``server_hostname`` is refused (use
+    :class:`SslPool` for TLS); everything else goes to
     :class:`~geventconnpool.ConnectionPool`. Connects are bounded by the pool's
     ``connect_timeout``; a failed connect names the address. The default pool name is
     ``tcp host:port``.
@@ -408,11 +409,13 @@ class TcpPool(_SocketPool[gevent.socket.socket]):
         tcp_keepalive_count: int | None = None,
         socket_timeout: float | None = None,
         source_address: tuple[str, int] | None = None,
+        server_hostname: str | None = None,
         **pool_options: Any,
     ) -> None:
         self.connector = SocketConnector(
             host,
             port,
+            server_hostname=server_hostname,  # only to refuse it: a plaintext pool has no TLS
             tcp_nodelay=tcp_nodelay,
             tcp_keepalive=tcp_keepalive,
             tcp_keepalive_idle=tcp_keepalive_idle,
