@@ -402,7 +402,7 @@ def test_unix_socket_connect_error_names_the_path(tmp_path: Any) -> None:
     from geventconnpool.contrib.tcp import SocketConnector
 
     path = str(tmp_path / "missing.sock")
-    with pytest.raises(FileNotFoundError, match="missing.sock") as info:
+    with pytest.raises(FileNotFoundError, match=r"missing\.sock") as info:
         SocketConnector(None, None, unix_socket=path).connect(1.0)
     assert isinstance(info.value.__cause__, FileNotFoundError)
     assert info.value.errno == info.value.__cause__.errno
