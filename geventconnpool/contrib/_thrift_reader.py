@@ -136,15 +136,7 @@ def _skip(src: _Source, ttype: int, limits: ThriftLimits, depth: int) -> None:
     if width is not None:
         src.take(width)
     elif ttype in (_STRING, _BINARY):
-        size = src.i32()
-        if size < 0:
-            raise _protocol_error(TProtocolException.NEGATIVE_SIZE, f"string size {size}")
-        if size > limits.string_length_limit:
-            raise _limit_error(
-                f"thrift string of {size} bytes exceeds string_length_limit "
-                f"({limits.string_length_limit})"
-            )
-        src.take(size)
+        _skip_strings(src, 1, limits)
     elif ttype == _STRUCT:
         _nest(depth, limits)
         while True:
@@ -165,6 +157,22 @@ def _skip(src: _Source, ttype: int, limits: ThriftLimits, depth: int) -> None:
         _skip_elements(src, (ktype, vtype), count, limits, depth + 1)
     else:
         raise _invalid(f"unknown thrift type id {ttype}")
+
+
+def _skip_strings(src: _Source, count: int, limits: ThriftLimits) -> None:
+    """Skip ``count`` strings in a row (a tight loop: lists of strings are common)."""
+    unpack = _I32_STRUCT.unpack_from
+    take = src.take
+    limit = limits.string_length_limit
+    for _ in range(count):
+        size: int = unpack(src.buf, take(4))[0]
+        if not 0 <= size <= limit:
+            if size < 0:
+                raise _protocol_error(TProtocolException.NEGATIVE_SIZE, f"string size {size}")
+            raise _limit_error(
+                f"thrift string of {size} bytes exceeds string_length_limit ({limit})"
+            )
+        take(size)
 
 
 def _nest(depth: int, limits: ThriftLimits) -> None:
@@ -198,6 +206,9 @@ def _skip_elements(
     widths = [_FIXED.get(t) for t in types]
     if all(w is not None for w in widths):  # fixed-width elements: one step
         src.take(count * sum(w for w in widths if w is not None))
+        return
+    if len(types) == 1 and types[0] in (_STRING, _BINARY):
+        _skip_strings(src, count, limits)
         return
     for _ in range(count):
         for ttype in types:
