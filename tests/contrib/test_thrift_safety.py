@@ -433,3 +433,32 @@ def test_connect_error_names_the_address(closing: list[Any], caplog: Any) -> Non
     assert isinstance(cause.__cause__, ConnectionRefusedError)
     lines = [r.getMessage() for r in caplog.records if "connect failed" in r.getMessage()]
     assert lines and all(f"127.0.0.1:{port}" in line for line in lines), lines
+
+
+@pytest.mark.parametrize("framed", [False, True], ids=["buffered", "framed"])
+def test_over_tls_with_server_hostname(tls_ca: Any, closing: list[Any], framed: bool) -> None:
+    from tests.servers import tls_contexts
+
+    server_ctx, client_ctx = tls_contexts(tls_ca, "kv.test")
+    handler = Handler()
+    server = ThriftServer(kv_thrift.KV, handler, framed=framed, ssl_context=server_ctx)
+    try:
+        pool = ThriftPool(
+            kv_thrift.KV,
+            LOOPBACK,
+            server.port,
+            framed=framed,
+            ssl_context=client_ctx,
+            server_hostname="kv.test",
+            size=2,
+            socket_timeout=5,
+        )
+        closing.append(pool)
+        kv = pool.proxy()
+        jobs = [gevent.spawn(kv.echo, "x" * 20000 + str(i)) for i in range(50)]  # > 1 TLS record
+        gevent.joinall(jobs, raise_error=True)
+        assert [j.value for j in jobs] == [f"echo-{'x' * 20000}{i}" for i in range(50)]
+        assert pool.tls_stats().handshakes == 2
+        assert pool.stats().discarded.total == 0
+    finally:
+        server.stop()
