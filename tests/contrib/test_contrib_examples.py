@@ -105,6 +105,9 @@ def test_thrift_example() -> None:
         r"100 oneway reports, the server has 100",
         r"a declared exception keeps the connection: NotFound\(key='nobody'\)",
         r"a half-written request \(\w+\): 1 connection discarded",
+        r"pool 'thrift 127\.0\.0\.1:\d+'",
+        r"after an interrupted call the client refuses more calls",
+        r"the next holder gets its own reply: ping -> pong",
     )
 
 
