@@ -247,8 +247,11 @@ class SocketConnector:
 
     @property
     def address(self) -> str:
-        """``host:port`` or the unix socket's path, for messages."""
-        return self.unix_socket if self.unix_socket else f"{self.host}:{self.port}"
+        """``host:port`` (``[::1]:port`` for IPv6) or the unix socket's path, for messages."""
+        if self.unix_socket:
+            return self.unix_socket
+        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
     def connect(self, timeout: float | None) -> gevent.socket.socket:
         """Open one connected socket (TLS handshake included), bounded by ``timeout`` seconds.

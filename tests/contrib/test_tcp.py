@@ -422,3 +422,9 @@ def test_tls_verification_error_names_the_address(tls_ca: Any, closing: list[Any
         assert cause.verify_code == info.value.__cause__.__cause__.verify_code  # type: ignore[union-attr]
     finally:
         server.stop()
+
+
+def test_ipv6_addresses_are_bracketed(closing: list[Any]) -> None:
+    pool = TcpPool("::1", 7000, size=1, min_size=0)
+    closing.append(pool)
+    assert pool.name == "tcp [::1]:7000"
