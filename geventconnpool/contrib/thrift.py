@@ -124,6 +124,7 @@ class PooledClient(TClient):
     def _ensure_usable(self) -> None:
         pid = os.getpid()
         if pid != self._pid:
+            self._disown()
             raise TTransportException(
                 TTransportException.NOT_OPEN,
                 f"thrift client of {self._address} was opened by process {self._pid} and is used "
@@ -176,9 +177,18 @@ class PooledClient(TClient):
         """Close the socket; in a forked child only forget it (the descriptor is the parent's,
         or by now another socket's)."""
         if os.getpid() != self._pid:
-            self._broken = "closed in a forked child"
+            self._disown()
             return
         self.transport_socket.close()
+
+    def _disown(self) -> None:
+        """In a forked child: make the socket object forget its descriptor number, so that no
+        close (explicit or at garbage collection) can hit another socket that reuses it."""
+        self._broken = "it belongs to the parent process"
+        try:
+            self.transport_socket.detach()
+        except (OSError, ValueError, AttributeError):
+            pass
 
 
 class ThriftPool(ConnectionPool[PooledClient]):

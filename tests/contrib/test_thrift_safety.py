@@ -181,21 +181,30 @@ def test_a_client_used_in_a_forked_child_raises_before_any_io(
         assert client.echo("parent-1") == "echo-parent-1"
 
         def child() -> dict[str, Any]:
-            # another socket may now hold the descriptor number the parent's client had
+            old_fd = client.fileno()
             spare = socket.socket()
+            os.dup2(spare.fileno(), old_fd)  # the child reuses the number for another socket
+            result: dict[str, Any] = {"error": None}
             try:
                 client.echo("child")
             except TTransportException as exc:
-                return {"error": str(exc), "fd_reused": spare.fileno() == client.fileno()}
-            finally:
-                client.close()  # only forgotten: the parent's session goes on
-                spare.close()
-            return {"error": None}
+                result["error"] = str(exc)
+            client.close()  # only forgotten: the socket now using that number stays open
+            result["detached"] = client.fileno() == -1  # nor closed later, by the collector
+            try:
+                os.fstat(old_fd)
+                result["reused_fd_open"] = True
+            except OSError:
+                result["reused_fd_open"] = False
+            spare.close()
+            return result
 
         report = _in_child(fork, child)
         assert report["ok"], report
         assert report["result"]["error"] is not None
         assert "forked" in report["result"]["error"]
+        assert report["result"]["reused_fd_open"] is True, report
+        assert report["result"]["detached"] is True, report
         assert client.echo("parent-2") == "echo-parent-2"  # the parent's session is intact
     assert handler.echoed == ["parent-1", "parent-2"]  # not one byte from the child
     assert pool.stats().discarded.total == 0
