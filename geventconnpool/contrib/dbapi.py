@@ -410,7 +410,10 @@ class DbApiPool(ConnectionPool[C]):
             )
 
     def _check_released(self, conn: C) -> bool:
-        """False (discard) if ``conn`` is still in a transaction after the release hooks."""
+        """False (discard) if ``conn`` is closed, out of step, or still in a transaction after
+        the release hooks (an override may ignore what ``super()._on_release`` returned)."""
+        if getattr(conn, "closed", 0) or _broken_stream(conn):
+            return False
         state = in_transaction(conn)
         if state is None:
             if self._overrides("_on_release"):

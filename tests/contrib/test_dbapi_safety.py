@@ -307,3 +307,26 @@ def test_retrying_logs_under_the_pool_logger(closing: list[Any], caplog: Any) ->
     lines = [r for r in caplog.records if "retry 1 of 1" in r.getMessage()]
     assert [r.name for r in lines] == ["geventconnpool.orders"]
     gevent.sleep(0)
+
+
+def test_an_override_that_ignores_super_still_discards_an_interrupted_connection(
+    psycopg2: Any, postgres_server: PostgresServer, closing: list[Any]
+) -> None:
+    class Careless(DbApiPool[Any]):
+        def _on_release(self, conn: Any) -> bool:
+            super()._on_release(conn)
+            return True  # ignores that the base said "discard"
+
+    pool = Careless(psycopg2.connect, postgres_server.dsn, size=1, check_idle_after=None)
+    closing.append(pool)
+    with pool.get() as conn:
+        try:
+            with gevent.Timeout(0.05):
+                pg_scenarios.query(conn, "SELECT pg_sleep(1)")
+        except gevent.Timeout:
+            pass
+    with pool.get() as fresh:
+        assert fresh is not conn
+        assert pg_scenarios.query(fresh, "SELECT 3") == [(3,)]
+        fresh.rollback()
+    assert pool.stats().discarded.release == 1
