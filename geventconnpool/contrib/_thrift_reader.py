@@ -34,6 +34,7 @@ _VERSION_1 = 0x80010000
 _REPLY, _EXCEPTION = 2, 3
 _I32_STRUCT = struct.Struct("!i")
 _RECV_SIZE = 65536
+_MAX_RECV = 1024 * 1024  # one recv() never allocates more, whatever a string claims
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,8 @@ class _Source:
                 else "empty thrift frame"
             )
         while len(self.buf) < end:
-            self._recv(min(max(end - len(self.buf), _RECV_SIZE), self.limit - len(self.buf)))
+            want = min(max(end - len(self.buf), _RECV_SIZE), _MAX_RECV)
+            self._recv(min(want, self.limit - len(self.buf)))
         self.pos = end
         return start
 
