@@ -471,3 +471,12 @@ def test_over_tls_with_server_hostname(tls_ca: Any, closing: list[Any], framed: 
         assert pool.stats().discarded.total == 0
     finally:
         server.stop()
+
+
+def test_large_replies_within_the_limits_arrive_whole(served: Any, closing: list[Any]) -> None:
+    pool = make_pool(served, closing, socket_timeout=10)
+    big = "é" * 1_500_000  # 3 MB of UTF-8
+    with pool.get() as client:
+        assert client.echo(big) == f"echo-{big}"
+        assert client.echo("small") == "echo-small"
+    assert pool.stats().discarded.total == 0
