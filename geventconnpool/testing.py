@@ -28,6 +28,8 @@ __all__ = ["FaultProxy", "PingServer", "free_port", "open_fds", "ping"]
 _RECV_SIZE = 65536
 _MAX_INLINE = 64 * 1024  # longest inline command line accepted before replying a protocol error
 _MAX_BULK = 1024 * 1024  # largest RESP bulk string accepted by PingServer
+_MAX_ARGS = 1024  # most elements of one command array (Redis allows 1M; PING needs two)
+_MAX_COMMAND = 2 * 1024 * 1024  # most bytes of one command, all its arguments together
 _PONG = b"+PONG\r\n"
 _OK = b"+OK\r\n"
 _ERR_UNKNOWN = b"-ERR unknown command\r\n"
@@ -294,48 +296,123 @@ class _LoopbackServer:
         raise NotImplementedError
 
 
-def _parse_command(buf: bytearray) -> tuple[list[bytes], int] | None:
-    """Parse one Redis command (RESP array or inline) from ``buf``.
+class ProtocolError(ValueError):
+    """A client sent something :class:`PingServer` will not parse; it is dropped."""
 
-    Returns ``(args, bytes_consumed)``, or None if ``buf`` holds no complete command yet.
-    Raises ValueError on malformed input.
+
+class _CommandReader:
+    """Incremental, bounded parser of Redis commands (RESP arrays or inline lines).
+
+    Every byte is scanned once, however the input is split across reads, and nothing grows past
+    the limits: a line (inline command or header) longer than ``MAX_INLINE`` bytes, an array of
+    more than ``MAX_ARGS`` elements, a bulk string over ``MAX_BULK`` bytes, or a command over
+    ``MAX_COMMAND`` bytes in all is a :class:`ProtocolError` at once, before the bytes it claims
+    are waited for. So an absurd multibulk count or an endless line costs neither memory nor
+    event-loop time.
     """
-    if not buf:
-        return None
-    if buf[0] != ord("*"):
-        end = buf.find(b"\n")
+
+    __slots__ = ("_args", "_buf", "_count", "_pos", "_scan", "_start")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._start = 0  # where the current command begins in _buf
+        self._pos = 0  # parsed up to here
+        self._scan = 0  # no line end before here (resumes a search across reads)
+        self._count: int | None = None  # elements of the current array, once its header is read
+        self._args: list[bytes] = []
+
+    def feed(self, data: bytes) -> list[list[bytes]]:
+        """Add received bytes; return the commands now complete (possibly none)."""
+        self._buf += data
+        commands: list[list[bytes]] = []
+        while True:
+            command = self._next()
+            if command is None:
+                break
+            commands.append(command)
+        if self._start:  # drop what was consumed, once per read rather than per command
+            del self._buf[: self._start]
+            self._pos -= self._start
+            self._scan = max(0, self._scan - self._start)
+            self._start = 0
+        return commands
+
+    def _line(self, terminator: bytes) -> bytes | None:
+        """The line at ``_pos`` (without its terminator), or None until it is complete."""
+        end = self._buf.find(terminator, max(self._pos, self._scan))
         if end < 0:
-            if len(buf) > _MAX_INLINE:
-                raise ValueError("too big inline request")
+            if len(self._buf) - self._pos > _MAX_INLINE:
+                raise ProtocolError(
+                    "too big inline request"
+                    if self._count is None
+                    else "too big bulk or multibulk header"
+                )
+            self._scan = max(self._pos, len(self._buf) - len(terminator) + 1)
             return None
-        return bytes(buf[:end]).split(), end + 1
-    end = buf.find(b"\r\n")
-    if end < 0:
-        if len(buf) > _MAX_INLINE:
-            raise ValueError("too big multibulk header")
-        return None
-    count = int(buf[1:end])
-    pos = end + 2
-    args: list[bytes] = []
-    for _ in range(max(count, 0)):
-        end = buf.find(b"\r\n", pos)
-        if end < 0:
-            if len(buf) - pos > _MAX_INLINE:
-                raise ValueError("too big bulk header")
+        if end - self._pos > _MAX_INLINE:
+            raise ProtocolError("too big inline request")
+        line = bytes(self._buf[self._pos : end])
+        self._pos = end + len(terminator)
+        self._scan = self._pos
+        return line
+
+    def _next(self) -> list[bytes] | None:
+        if self._pos >= len(self._buf):
             return None
-        if buf[pos] != ord("$"):
-            raise ValueError(f"expected '$', got {chr(buf[pos])!r}")
-        size = int(buf[pos + 1 : end])
-        if not 0 <= size <= _MAX_BULK:
-            raise ValueError("invalid bulk length")
-        start = end + 2
-        if len(buf) < start + size + 2:
+        if self._count is None:
+            if self._buf[self._pos] != ord("*"):
+                line = self._line(b"\n")
+                if line is None:
+                    return None
+                return self._done(line.split())
+            header = self._line(b"\r\n")
+            if header is None:
+                return None
+            self._count = _length(header[1:], _MAX_ARGS, "multibulk length")
+        while len(self._args) < self._count:
+            arg = self._bulk()
+            if arg is None:
+                return None
+            self._args.append(arg)
+        return self._done(self._args)
+
+    def _bulk(self) -> bytes | None:
+        if self._pos >= len(self._buf):
             return None
-        if buf[start + size : start + size + 2] != b"\r\n":
-            raise ValueError("bulk string not terminated by CRLF")
-        args.append(bytes(buf[start : start + size]))
-        pos = start + size + 2
-    return args, pos
+        if self._buf[self._pos] != ord("$"):
+            raise ProtocolError(f"expected '$', got {chr(self._buf[self._pos])!r}")
+        mark = self._pos
+        header = self._line(b"\r\n")
+        if header is None:
+            return None
+        size = _length(header[1:], _MAX_BULK, "bulk length")
+        if self._pos + size - self._start > _MAX_COMMAND:
+            raise ProtocolError("command too big")
+        if len(self._buf) < self._pos + size + 2:
+            self._pos = self._scan = mark  # re-read the short header when the body is here
+            return None
+        if self._buf[self._pos + size : self._pos + size + 2] != b"\r\n":
+            raise ProtocolError("bulk string not terminated by CRLF")
+        arg = bytes(self._buf[self._pos : self._pos + size])
+        self._pos += size + 2
+        self._scan = self._pos
+        return arg
+
+    def _done(self, args: list[bytes]) -> list[bytes]:
+        self._start = self._pos
+        self._count = None
+        self._args = []
+        return args
+
+
+def _length(digits: bytes, limit: int, what: str) -> int:
+    """A RESP length field: an int in 0..``limit`` (``-1``/negatives are refused)."""
+    if not digits.isdigit() or len(digits) > 10:
+        raise ProtocolError(f"invalid {what}")
+    value = int(digits)
+    if value > limit:
+        raise ProtocolError(f"invalid {what}")
+    return value
 
 
 def _bulk(value: bytes) -> bytes:
@@ -399,23 +476,18 @@ class PingServer(_LoopbackServer):
 
     def _serve(self, conn: _Conn) -> None:
         sock = conn.client
-        buf = bytearray()
+        reader = _CommandReader()
         resp3 = False
         while True:
             data = sock.recv(_RECV_SIZE)
             if not data:
                 return
-            buf += data
-            while True:
-                try:
-                    parsed = _parse_command(buf)
-                except ValueError as exc:
-                    sock.sendall(b"-ERR Protocol error: %s\r\n" % str(exc).encode())
-                    return
-                if parsed is None:
-                    break
-                args, used = parsed
-                del buf[:used]
+            try:
+                commands = reader.feed(data)
+            except ProtocolError as exc:
+                sock.sendall(b"-ERR Protocol error: %s\r\n" % str(exc).encode())
+                return
+            for args in commands:
                 if not args:
                     continue  # empty inline line or empty array: Redis ignores it
                 if args[0].upper() == b"HELLO":

@@ -7,7 +7,7 @@
 - :class:`SentinelCluster`: a Redis master, a replica and three ``redis-server --sentinel``.
 - :class:`LineServer`: a line protocol (``PING`` -> ``PONG``) over TCP or TLS, counting
   connections and TLS handshakes (full and resumed).
-- :class:`ThriftServer`: a thriftpy2 service served from gevent greenlets.
+- :class:`ThriftServer`: a thriftpy2 service served from gevent greenlets, over TCP or TLS.
 
 The pytest fixtures at the bottom start them and stop them at the end (even when tests fail).
 A missing server binary is a test failure when ``CI=true``, a skip with the install command
@@ -712,9 +712,18 @@ class ThriftServer:
     transport) from gevent greenlets; an undeclared handler exception becomes a
     ``TApplicationException(INTERNAL_ERROR)`` reply, as in real servers."""
 
-    def __init__(self, service: Any, handler: Any, *, framed: bool = False, port: int = 0) -> None:
+    def __init__(
+        self,
+        service: Any,
+        handler: Any,
+        *,
+        framed: bool = False,
+        port: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         from thriftpy2.thrift import TProcessor
 
+        self.ssl_context = ssl_context
         self.service = service
         self.handler = handler
         self.framed = framed
@@ -732,6 +741,11 @@ class ThriftServer:
         from thriftpy2.transport.base import TTransportException
 
         self.accepted += 1
+        if self.ssl_context is not None:
+            try:
+                sock = self.ssl_context.wrap_socket(sock, server_side=True)
+            except (OSError, ValueError):
+                return
         self.open.add(sock)
         tsock = TSocket(sock=sock)
         trans = TFramedTransport(tsock) if self.framed else TBufferedTransport(tsock)

@@ -1,7 +1,8 @@
 """DbApiPool: DB-API connections to PostgreSQL shared by many greenlets.
 
 psycopg2 is made cooperative by psycogreen; pg8000 (pure Python) by gevent's monkey-patching.
-Needs a PostgreSQL server. Run it from the repository root::
+Needs a PostgreSQL server and the ``postgres`` extra (psycopg2, psycogreen; pg8000 for
+``--driver pg8000``). Run it from the repository root::
 
     python examples/integrations/postgres_pool.py --dsn "host=127.0.0.1 user=postgres"
     python examples/integrations/postgres_pool.py --driver pg8000 --host 127.0.0.1 --port 5432
@@ -48,8 +49,10 @@ def main(args: argparse.Namespace) -> None:
 
     from geventconnpool.contrib.dbapi import DbApiPool
 
-    # Pool options go in pool_options: names like `timeout` are also driver arguments.
-    pool = DbApiPool(connect, *cargs, pool_options={"size": 10, "keepalive": 60}, **ckwargs)
+    # Pool options are keyword arguments, as for every ready-made pool; driver arguments go
+    # positionally (a DSN) or in connect_kwargs, so a driver's own `timeout` cannot be mistaken.
+    pool = DbApiPool(connect, *cargs, connect_kwargs=ckwargs, size=10, keepalive=60)
+    print(f"pool name: {pool.name}")
 
     @pool.retrying(max_failures=2)  # re-run if the connection was lost, not on SQL errors
     def sleepy() -> int:

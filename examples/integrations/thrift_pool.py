@@ -28,6 +28,7 @@ service Stats {
     string ping(),
     i64 add(1: i64 a, 2: i64 b),
     string lookup(1: string key) throws (1: NotFound missing),
+    string slow(1: double seconds),
     oneway void report(1: string event),
     i64 reported(),
 }
@@ -48,6 +49,10 @@ class Handler:
 
     def lookup(self, key: str) -> str:
         raise stats_thrift.NotFound(key=key)
+
+    def slow(self, seconds: float) -> str:
+        gevent.sleep(seconds)
+        return "late"
 
     def report(self, event: str) -> None:
         self.events.append(event)
@@ -80,6 +85,7 @@ def main() -> None:
     with ThriftPool(
         stats_thrift.Stats, "127.0.0.1", server.server_port, size=4, ping="ping"
     ) as pool:
+        print(f"pool {pool.name!r}")
         with pool.get() as client:  # one client for several calls
             print(f"ping -> {client.ping()}, add(40, 2) -> {client.add(40, 2)}")
 
@@ -104,6 +110,17 @@ def main() -> None:
             print(
                 f"a half-written request ({type(exc).__name__}): {discarded} connection discarded"
             )
+        with pool.get() as client:
+            try:
+                with gevent.Timeout(0.05):  # caught inside the block: the reply is still due
+                    client.slow(0.3)
+            except gevent.Timeout:
+                pass
+            try:
+                client.ping()  # would read "late" as its answer
+            except TTransportException:
+                print("after an interrupted call the client refuses more calls")
+        print(f"the next holder gets its own reply: ping -> {stats.ping()}")
         s = pool.stats()
         print(f"stats: open={s.open} created={s.created} acquired={s.acquired}")
     server.stop()

@@ -33,6 +33,7 @@ __all__ = [
     "probe_socket",
     "probe_tls_socket",
     "set_tcp_keepalive",
+    "with_address",
 ]
 
 log = logging.getLogger("geventconnpool.contrib.tcp")
@@ -120,6 +121,56 @@ def set_tcp_keepalive(
         sock.setsockopt(_stdsocket.IPPROTO_TCP, _stdsocket.TCP_KEEPCNT, count)
 
 
+def _check_source_address(value: Any) -> tuple[str, int] | None:
+    """``source_address`` is None or a ``(host, port)`` pair; port 0 lets the OS choose."""
+    if value is None:
+        return None
+    if not isinstance(value, tuple) or len(value) != 2:
+        raise TypeError(
+            f"source_address must be a (host, port) tuple or None, not {type(value).__name__}"
+        )
+    host, port = value
+    if not isinstance(host, str):
+        raise TypeError(f"source_address host must be a str, not {type(host).__name__}")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port < 65536:
+        raise ValueError(f"source_address port must be an int in 0..65535, got {port!r}")
+    return (host, port)
+
+
+def _check_server_hostname(value: Any, tls: bool) -> str | None:
+    """``server_hostname`` is a non-empty str, and only meaningful with TLS."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"server_hostname must be a str or None, not {type(value).__name__}")
+    if not value:
+        raise ValueError("server_hostname must be a non-empty host name, or None for the host")
+    if not tls:
+        raise ValueError(
+            "server_hostname= is for TLS only and this pool is plaintext: "
+            "pass ssl_context= (or tls=True), or drop server_hostname"
+        )
+    return value
+
+
+def with_address(exc: OSError, address: str) -> OSError:
+    """A copy of ``exc`` (same class, so ``exc_classes`` still match) whose message names
+    ``address``; ``exc`` itself when its class cannot be rebuilt that way."""
+    detail = exc.strerror if exc.strerror else str(exc) or type(exc).__name__
+    text = f"{detail} (connecting to {address})"
+    try:
+        new = type(exc)(exc.errno, text) if exc.errno is not None else type(exc)(text)
+    except Exception:
+        return exc
+    if not isinstance(new, type(exc)):  # OSError(errno, ...) may pick a subclass: keep ours
+        return exc
+    try:
+        new.__dict__.update(exc.__dict__)  # e.g. SSLCertVerificationError.verify_code
+    except (AttributeError, TypeError):
+        pass
+    return new
+
+
 def _positive(name: str, value: float | None) -> None:
     if value is None:
         return
@@ -172,6 +223,12 @@ class SocketConnector:
                 raise ValueError(f"{name} must be a positive int or None, got {value!r}")
             _positive(name, value)
         _positive("socket_timeout", socket_timeout)
+        if ssl_context is not None and not isinstance(ssl_context, _stdssl.SSLContext):
+            raise TypeError(
+                f"ssl_context must be an ssl.SSLContext or None, not {type(ssl_context).__name__}"
+            )
+        server_hostname = _check_server_hostname(server_hostname, ssl_context is not None)
+        source_address = _check_source_address(source_address)
         self.host = host
         self.port = port
         self.unix_socket = unix_socket
@@ -190,11 +247,27 @@ class SocketConnector:
 
     @property
     def address(self) -> str:
-        """``host:port`` or the unix socket's path, for messages."""
-        return self.unix_socket if self.unix_socket else f"{self.host}:{self.port}"
+        """``host:port`` (``[::1]:port`` for IPv6) or the unix socket's path, for messages."""
+        if self.unix_socket:
+            return self.unix_socket
+        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
     def connect(self, timeout: float | None) -> gevent.socket.socket:
-        """Open one connected socket (TLS handshake included), bounded by ``timeout`` seconds."""
+        """Open one connected socket (TLS handshake included), bounded by ``timeout`` seconds.
+
+        A failure raises an exception of the original class whose message names the address
+        (``host:port`` or the unix socket path), with the original as ``__cause__``.
+        """
+        try:
+            return self._connect(timeout)
+        except OSError as exc:
+            new = with_address(exc, self.address)
+            if new is exc:
+                raise
+            raise new from exc
+
+    def _connect(self, timeout: float | None) -> gevent.socket.socket:
         if self.unix_socket:
             sock = gevent.socket.socket(_stdsocket.AF_UNIX, _stdsocket.SOCK_STREAM)
             try:
@@ -320,8 +393,11 @@ class TcpPool(_SocketPool[gevent.socket.socket]):
     Keyword options: ``tcp_keepalive`` (OS-level keepalive; with ``tcp_keepalive_idle``,
     ``tcp_keepalive_interval``, ``tcp_keepalive_count`` in seconds/probes), ``tcp_nodelay``
     (default True), ``socket_timeout`` (per-operation timeout once connected, default None),
-    ``source_address``; everything else goes to :class:`~geventconnpool.ConnectionPool`.
-    Connects are bounded by the pool's ``connect_timeout``.
+    ``source_address`` (a ``(host, port)`` tuple); ``server_hostname`` is refused (use
+    :class:`SslPool` for TLS); everything else goes to
+    :class:`~geventconnpool.ConnectionPool`. Connects are bounded by the pool's
+    ``connect_timeout``; a failed connect names the address. The default pool name is
+    ``tcp host:port``.
     """
 
     def __init__(
@@ -336,11 +412,13 @@ class TcpPool(_SocketPool[gevent.socket.socket]):
         tcp_keepalive_count: int | None = None,
         socket_timeout: float | None = None,
         source_address: tuple[str, int] | None = None,
+        server_hostname: str | None = None,
         **pool_options: Any,
     ) -> None:
         self.connector = SocketConnector(
             host,
             port,
+            server_hostname=server_hostname,  # only to refuse it: a plaintext pool has no TLS
             tcp_nodelay=tcp_nodelay,
             tcp_keepalive=tcp_keepalive,
             tcp_keepalive_idle=tcp_keepalive_idle,
@@ -349,6 +427,7 @@ class TcpPool(_SocketPool[gevent.socket.socket]):
             socket_timeout=socket_timeout,
             source_address=source_address,
         )
+        pool_options.setdefault("name", f"tcp {self.connector.address}")
         super().__init__(**pool_options)
 
 
@@ -359,7 +438,8 @@ class SslPool(_SocketPool[_stdssl.SSLSocket]):
     ``server_hostname`` (default: ``host``) are verified. ``verify=False`` turns verification off
     (only with the default context) and logs a WARNING. Reconnects resume the last TLS session;
     :meth:`tls_stats` (and the ``handshakes``/``resumed`` attributes) count handshakes.
-    Other keyword options are those of :class:`TcpPool`.
+    Other keyword options are those of :class:`TcpPool`; the default pool name is
+    ``tls host:port``.
     """
 
     def __init__(
@@ -399,6 +479,7 @@ class SslPool(_SocketPool[_stdssl.SSLSocket]):
             socket_timeout=socket_timeout,
             source_address=source_address,
         )
+        pool_options.setdefault("name", f"tls {self.connector.address}")
         super().__init__(**pool_options)
         warn_if_unverified(ssl_context, self.connector.address, str(self.name))
 

@@ -16,25 +16,30 @@ exceptions the service declares, and ``TApplicationException`` replies, keep it.
 
 from __future__ import annotations
 
-import logging
+import os
 import ssl as _stdssl
+import time
 from collections.abc import Callable
 from typing import Any
 
 import gevent
 from thriftpy2.protocol import TBinaryProtocolFactory
 from thriftpy2.protocol.exc import TProtocolException
-from thriftpy2.thrift import TApplicationException, TClient, TException
+from thriftpy2.thrift import TApplicationException, TClient
 from thriftpy2.transport import (
     TBufferedTransportFactory,
     TFramedTransportFactory,
+    TMemoryBuffer,
     TSocket,
     TTransportException,
 )
 
 from .. import _backoff
+from .._log import pool_logger
+from .._options import check_seconds
 from ..errors import PoolError
 from ..pool import ConnectionPool
+from ._thrift_reader import ThriftLimits, read_message
 from .tcp import (
     SocketConnector,
     TlsStats,
@@ -43,9 +48,7 @@ from .tcp import (
     warn_if_unverified,
 )
 
-__all__ = ["CONNECTION_ERRORS", "PooledClient", "ThriftPool", "ThriftProxy"]
-
-log = logging.getLogger("geventconnpool.contrib.thrift")
+__all__ = ["CONNECTION_ERRORS", "PooledClient", "ThriftLimits", "ThriftPool", "ThriftProxy"]
 
 #: What a proxy retries on: the connection failed, not the call.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (TTransportException, OSError, EOFError)
@@ -61,34 +64,131 @@ _DESYNC_TYPES = frozenset(
 )
 
 
+_memory_buffer: Callable[[bytes], Any] = TMemoryBuffer
+
+
 class PooledClient(TClient):
-    """A thriftpy2 ``TClient`` that knows its socket and whether its stream is in sync."""
+    """A thriftpy2 ``TClient`` that knows its socket and refuses to be used out of step.
+
+    A call interrupted between sending its request and reading the whole reply (a
+    ``gevent.Timeout``, a killed greenlet, a hostile reply) leaves the reply in flight: a later
+    call on this client would read it as its own. So the client marks itself broken, and every
+    later call raises ``TTransportException`` (a connection error: the pool discards it on
+    release). Used in a forked child it raises too, before touching a descriptor number the
+    child may have reused. Replies are read within :class:`ThriftLimits` under one deadline.
+    """
 
     transport_socket: Any
-    in_sync: bool
+
+    def __init__(
+        self,
+        service: Any,
+        sock: Any,
+        transport: Any,
+        proto_factory: Any,
+        *,
+        framed: bool,
+        limits: ThriftLimits,
+        reply_timeout: float | None,
+        address: str,
+    ) -> None:
+        super().__init__(
+            service,
+            proto_factory.get_protocol(_memory_buffer(b"")),  # replaced by each reply's message
+            proto_factory.get_protocol(transport),
+        )
+        self.transport_socket = sock
+        self._proto_factory = proto_factory
+        self._framed = framed
+        self._limits = limits
+        self._reply_timeout = reply_timeout
+        self._address = address
+        self._pid = os.getpid()
+        self._pending = bytearray()  # received, not yet part of a reply
+        self._broken: str | None = None  # why this client may not be used any more
+
+    @property
+    def in_sync(self) -> bool:
+        """False once an exchange was interrupted or the stream went out of step."""
+        return self._broken is None
 
     def fileno(self) -> int:
         """The socket's descriptor (for the pool's default probe and fork handling)."""
         fd: int = self.transport_socket.fileno()
         return fd
 
+    def _req(self, _api: str, *args: Any, **kwargs: Any) -> Any:
+        self._ensure_usable()
+        return super()._req(_api, *args, **kwargs)
+
+    def _ensure_usable(self) -> None:
+        pid = os.getpid()
+        if pid != self._pid:
+            self._disown()
+            raise TTransportException(
+                TTransportException.NOT_OPEN,
+                f"thrift client of {self._address} was opened by process {self._pid} and is used "
+                f"in forked process {pid}; get a client from the pool in this process",
+            )
+        if self._broken is not None:
+            raise TTransportException(
+                TTransportException.NOT_OPEN,
+                f"thrift connection to {self._address} is unusable: {self._broken}; leave the "
+                "`with pool.get()` block (the pool discards it) and take another",
+            )
+
     def _send(self, _api: str, **kwargs: Any) -> None:
-        self.in_sync = False  # a half-written request would poison the next holder's call
+        if self._pending or not probe_socket(self.transport_socket):  # one poll(), no round trip
+            self._broken = "the server closed it or sent bytes nobody asked for"
+            self._ensure_usable()
+        # Until its whole reply is read, the exchange is unfinished: an interrupt leaves it so.
+        self._broken = f"an earlier {_api}() call was interrupted before its reply was read"
         super()._send(_api, **kwargs)
         if getattr(getattr(self._service, _api + "_result"), "oneway", False):
-            self.in_sync = True
+            self._broken = None
 
     def _recv(self, _api: str) -> Any:
+        sock = self.transport_socket
+        deadline = None
+        if self._reply_timeout is not None:
+            deadline = time.monotonic() + self._reply_timeout
         try:
-            result = super()._recv(_api)
-        except (TTransportException, TProtocolException):
+            message = read_message(
+                sock,
+                self._limits,
+                framed=self._framed,
+                deadline=deadline,
+                expect=_api,
+                pending=self._pending,
+            )
+        except TProtocolException as exc:
+            self._broken = f"a reply to {_api}() was refused ({exc})"
             raise
-        except TException:
-            # an EXCEPTION reply or a declared exception: the whole reply was read
-            self.in_sync = True
-            raise
-        self.in_sync = True
-        return result
+        finally:
+            if deadline is not None:
+                sock.settimeout(self._reply_timeout)
+        self._broken = None
+        if self._pending:  # a correct server never sends more than the reply
+            self._broken = f"the server sent {len(self._pending)} bytes nobody asked for"
+        self._iprot = self._proto_factory.get_protocol(_memory_buffer(message))
+        return super()._recv(_api)
+
+    def close(self) -> None:
+        """Close the socket; in a forked child only forget it (the descriptor is the parent's,
+        or by now another socket's)."""
+        if os.getpid() != self._pid:
+            self._disown()
+            return
+        self.transport_socket.close()
+
+    def _disown(self) -> None:
+        """In a forked child: make the socket object forget its descriptor number, so that no
+        close (explicit or at garbage collection) can hit another socket that reuses it."""
+        self._broken = "it belongs to the parent process"
+        try:
+            self.transport_socket.detach()
+        except (OSError, ValueError, AttributeError):
+            pass
 
 
 class ThriftPool(ConnectionPool[PooledClient]):
@@ -96,8 +196,13 @@ class ThriftPool(ConnectionPool[PooledClient]):
 
     ``framed=True`` uses the framed transport (default: buffered); the protocol is binary.
     ``ping`` names a service method without arguments that keepalive calls (default: none; the
-    keepalive then only probes the socket). TLS with ``ssl_context=`` or ``tls=True``.
-    Other keyword options go to :class:`~geventconnpool.ConnectionPool`.
+    keepalive then only probes the socket). TLS with ``ssl_context=`` or ``tls=True``
+    (``server_hostname`` only with TLS). ``socket_timeout`` bounds each send and each whole
+    reply. Replies are checked against ``max_message_size``, ``string_length_limit`` and
+    ``container_length_limit`` (defaults in :class:`ThriftLimits`) before they are read: a
+    reply over a limit is a ``TProtocolException`` and the connection is discarded. Other
+    keyword options go to :class:`~geventconnpool.ConnectionPool`; the default pool name is
+    ``thrift host:port``.
     """
 
     def __init__(
@@ -113,6 +218,9 @@ class ThriftPool(ConnectionPool[PooledClient]):
         server_hostname: str | None = None,
         tcp_keepalive: bool = False,
         socket_timeout: float | None = None,
+        max_message_size: int = ThriftLimits.max_message_size,
+        string_length_limit: int = ThriftLimits.string_length_limit,
+        container_length_limit: int = ThriftLimits.container_length_limit,
         **pool_options: Any,
     ) -> None:
         methods = getattr(service, "thrift_services", None)
@@ -120,10 +228,15 @@ class ThriftPool(ConnectionPool[PooledClient]):
             raise TypeError(f"service must be a thriftpy2 service, got {service!r}")
         if ping is not None and ping not in methods:
             raise ValueError(f"ping: {service.__name__} has no method {ping!r}")
+        for flag, value in (("framed", framed), ("tls", tls), ("tcp_keepalive", tcp_keepalive)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{flag} must be True or False, not {type(value).__name__}")
+        self.limits = ThriftLimits(max_message_size, string_length_limit, container_length_limit)
         if ssl_context is None and tls:
             ssl_context = default_ssl_context()
         self.service = service
         self.ping = ping
+        self.framed = framed
         self._trans_factory: Any = (
             TFramedTransportFactory() if framed else TBufferedTransportFactory()
         )
@@ -137,6 +250,7 @@ class ThriftPool(ConnectionPool[PooledClient]):
             socket_timeout=socket_timeout,
         )
         pool_options.setdefault("exc_classes", (*CONNECTION_ERRORS, TProtocolException))
+        pool_options.setdefault("name", f"thrift {self.connector.address}")
         super().__init__(**pool_options)
         if ssl_context is not None:
             warn_if_unverified(ssl_context, self.connector.address, str(self.name))
@@ -151,26 +265,32 @@ class ThriftPool(ConnectionPool[PooledClient]):
             transport = self._trans_factory.get_transport(
                 TSocket(sock=sock)  # type: ignore[no-untyped-call]
             )
-            client = PooledClient(self.service, self._proto_factory.get_protocol(transport))
+            return PooledClient(
+                self.service,
+                sock,
+                transport,
+                self._proto_factory,
+                framed=self.framed,
+                limits=self.limits,
+                reply_timeout=self.connector.socket_timeout,
+                address=self.connector.address,
+            )
         except BaseException:
             sock.close()
             raise
-        client.transport_socket = sock
-        client.in_sync = True
-        return client
 
     def _close_connection(self, conn: PooledClient) -> None:
         self.connector.remember_session(conn.transport_socket)
-        conn.transport_socket.close()
+        conn.close()
 
     def _check(self, conn: PooledClient) -> bool:
-        return probe_socket(conn.transport_socket)
+        return conn.in_sync and probe_socket(conn.transport_socket)
 
     def _keepalive(self, conn: PooledClient) -> None:
         if self.ping is not None:
             getattr(conn, self.ping)()
         elif not probe_socket(conn.transport_socket):
-            raise ConnectionError("thrift connection closed by the server")
+            raise ConnectionError(f"thrift connection to {self.connector.address} was closed")
 
     def _on_release(self, conn: PooledClient) -> bool:
         return conn.in_sync
@@ -192,7 +312,10 @@ class ThriftPool(ConnectionPool[PooledClient]):
         retry_max_interval: float = 1.0,
         timeout: Any = ...,
     ) -> ThriftProxy:
-        """An object with the service's methods; each call borrows a client for that call."""
+        """An object with the service's methods; each call borrows a client for that call.
+
+        ``timeout`` is the ``get()`` timeout of each call (default: the pool's).
+        """
         return ThriftProxy(
             self,
             retries=retries,
@@ -222,11 +345,16 @@ class ThriftProxy:
         retry_max_interval: float = 1.0,
         timeout: Any = ...,
     ) -> None:
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"retries must be an int >= 0, got {retries!r}")
-        if not isinstance(retry_interval, (int, float)) or retry_interval < 0:
-            raise ValueError(f"retry_interval must be >= 0, got {retry_interval!r}")
+        if isinstance(retries, bool) or not isinstance(retries, int):
+            raise TypeError(f"retries must be an int, not {type(retries).__name__}")
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries!r}")
+        check_seconds("retry_interval", retry_interval, optional=False)
+        check_seconds("retry_max_interval", retry_max_interval, optional=False)
+        if timeout is not ...:
+            check_seconds("timeout", timeout)
         self._pool = pool
+        self._log = pool_logger(str(pool.name))
         self._retries = retries
         self._interval = float(retry_interval)
         self._max_interval = float(retry_max_interval)
@@ -254,7 +382,7 @@ class ThriftProxy:
                 attempt += 1
                 if attempt > self._retries:
                     raise
-                log.info(
+                self._log.info(
                     "pool %r: %s() failed (%s: %s); retry %d of %d",
                     self._pool.name,
                     name,

@@ -175,6 +175,54 @@ def no_leaks(pool: DbApiPool, connect: Callable[[], Any]) -> dict[str, Any]:
     return seen
 
 
+def interrupted(pool: DbApiPool[Any]) -> dict[str, Any]:
+    """A holder catches a ``gevent.Timeout`` during ``pg_sleep`` and queries again on the same
+    connection; then the next holder queries. Nobody may see the late ``'late'`` row."""
+    seen: dict[str, Any] = {}
+    with pool.get() as conn:
+        seen["pid"] = query(conn, "SELECT pg_backend_pid()")[0][0]
+        conn.rollback()
+        try:
+            with gevent.Timeout(0.1):
+                query(conn, "SELECT 'late', pg_sleep(0.5)")
+        except gevent.Timeout:
+            seen["timed_out"] = True
+        try:
+            seen["next_rows"] = query(conn, "SELECT 'next'")
+        except Exception as exc:
+            seen["next_error"] = type(exc).__name__
+            seen["next_message"] = str(exc)
+            seen["next_is_connection_error"] = isinstance(exc, pool.exc_classes)
+    with pool.get() as conn:
+        seen["other_rows"] = query(conn, "SELECT 'other'")
+        seen["other_pid_differs"] = query(conn, "SELECT pg_backend_pid()")[0][0] != seen["pid"]
+        conn.rollback()
+    stats = pool.stats()
+    seen["discarded"] = stats.discarded.total
+    return seen
+
+
+def release_check(connect: Callable[..., Any], params: dict[str, Any]) -> dict[str, Any]:
+    """An ``_on_release`` override that leaves a transaction open: the connection is discarded."""
+
+    class Sloppy(DbApiPool[Any]):
+        def _on_release(self, conn: Any) -> bool:
+            ok = super()._on_release(conn)
+            query(conn, "SELECT 1")  # opens a transaction, never ended
+            return ok
+
+    pool = Sloppy(connect, connect_kwargs=params, size=1)
+    try:
+        with pool.get() as conn:
+            first = query(conn, "SELECT pg_backend_pid()")[0][0]
+        with pool.get() as conn:
+            second = query(conn, "SELECT pg_backend_pid()")[0][0]
+            conn.rollback()
+        return {"same_backend": first == second, "discarded": pool.stats().discarded.release}
+    finally:
+        pool.close()
+
+
 def main(argv: list[str]) -> None:
     """pg8000 under gevent's monkey-patching: run every scenario, print the results as JSON."""
     import json
@@ -188,19 +236,24 @@ def main(argv: list[str]) -> None:
         return pg8000.dbapi.connect(**params)
 
     results: dict[str, Any] = {}
-    pool = DbApiPool(pg8000.dbapi.connect, pool_options={"size": 10}, **params)
+    pool = DbApiPool(pg8000.dbapi.connect, connect_kwargs=params, size=10)
     pool.wait_ready(timeout=20)
     results["overlap"] = overlap(pool)
     results["created"] = pool.stats().created
     pool.close()
     for mode in ("none", "retrying"):
-        pool = DbApiPool(
-            pg8000.dbapi.connect, pool_options={"size": 3, "check_idle_after": None}, **params
-        )
+        pool = DbApiPool(pg8000.dbapi.connect, connect_kwargs=params, size=3, check_idle_after=None)
         pool.wait_ready(timeout=20)
         results[f"terminate_{mode}"] = terminate_one(pool, connect, mode=mode)
         pool.close()
-    pool = DbApiPool(pg8000.dbapi.connect, pool_options={"size": 1}, **params)
+    pool = DbApiPool(pg8000.dbapi.connect, connect_kwargs=params, size=1)
     results["no_leaks"] = no_leaks(pool, connect)
+    pool.close()
+    pool = DbApiPool(pg8000.dbapi.connect, connect_kwargs=params, size=1, check_idle_after=None)
+    results["interrupted"] = interrupted(pool)
+    pool.close()
+    pool = DbApiPool(pg8000.dbapi.connect, connect_kwargs=params, size=1)
+    results["name"] = str(pool.name)
+    results["release_check"] = release_check(pg8000.dbapi.connect, params)
     pool.close()
     print(json.dumps(results, default=str))

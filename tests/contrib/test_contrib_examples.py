@@ -98,6 +98,7 @@ def test_postgres_example(postgres_server: PostgresServer, driver: str) -> None:
     out = run("postgres_pool.py", "--driver", driver, "--port", str(postgres_server.port))
     expect(
         out,
+        rf"pool name: postgresql 127\.0\.0\.1:{postgres_server.port}/postgres",
         rf"{driver}: 100 greenlets ran pg_sleep\(0\.05\) on 10 connections in \d+\.\d\ds",
         r"the next holder sees 0 uncommitted rows: rolled back on release",
         r"an SQL error keeps the connection",
@@ -117,6 +118,9 @@ def test_thrift_example() -> None:
         r"100 oneway reports, the server has 100",
         r"a declared exception keeps the connection: NotFound\(key='nobody'\)",
         r"a half-written request \(\w+\): 1 connection discarded",
+        r"pool 'thrift 127\.0\.0\.1:\d+'",
+        r"after an interrupted call the client refuses more calls",
+        r"the next holder gets its own reply: ping -> pong",
     )
 
 

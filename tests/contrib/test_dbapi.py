@@ -43,9 +43,7 @@ def psycopg2() -> Iterator[Any]:
 def make_pool(psycopg2: Any, postgres_server: PostgresServer, closing: list[Any]) -> Any:
     def make(**options: Any) -> DbApiPool:
         ping_query = options.pop("ping_query", "SELECT 1")
-        pool = DbApiPool(
-            psycopg2.connect, postgres_server.dsn, pool_options=options, ping_query=ping_query
-        )
+        pool = DbApiPool(psycopg2.connect, postgres_server.dsn, ping_query=ping_query, **options)
         closing.append(pool)
         return pool
 
@@ -234,6 +232,16 @@ def test_pg8000_under_monkey_patching(postgres_server: PostgresServer) -> None:
     retried = results["terminate_retrying"]
     assert retried["errors"] == [], retried
     assert retried["disconnects"] == 1
+    interrupted = results["interrupted"]
+    assert interrupted["timed_out"] is True
+    assert "next_rows" not in interrupted, interrupted  # never the late 'late' row
+    assert interrupted["next_is_connection_error"] is True, interrupted
+    assert "interrupted" in interrupted["next_message"]
+    assert interrupted["other_rows"] == [["other"]]
+    assert interrupted["other_pid_differs"] is True
+    assert interrupted["discarded"] == 1
+    assert results["name"] == f"postgresql 127.0.0.1:{postgres_server.port}/postgres"
+    assert results["release_check"] == {"same_backend": False, "discarded": 2}
     leaks = results["no_leaks"]
     assert leaks["state_after_release"] == "idle"
     assert leaks["rows"] == 0
@@ -320,7 +328,7 @@ def fake_connect() -> FakeConn:
 
 
 def test_generic_driver_rollback_on_release_and_discard_when_it_fails(closing: list[Any]) -> None:
-    pool = DbApiPool(fake_connect, pool_options={"size": 1}, ping_query=None)
+    pool = DbApiPool(fake_connect, size=1, ping_query=None)
     closing.append(pool)
     assert driver_module(fake_connect) is sys.modules[__name__]
     assert pool.exc_classes == (OperationalError, InterfaceError, OSError)
@@ -343,14 +351,14 @@ def test_bad_arguments(closing: list[Any]) -> None:
         DbApiPool("not callable")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="ping_query"):
         DbApiPool(fake_connect, ping_query="  ")
-    pool = DbApiPool(fake_connect, pool_options={"size": 1})
+    pool = DbApiPool(fake_connect, size=1)
     closing.append(pool)
     with pytest.raises(ValueError, match="max_failures"):
         pool.retrying(max_failures=-1)
 
 
 def test_retrying_reruns_only_on_disconnects(closing: list[Any]) -> None:
-    pool = DbApiPool(fake_connect, pool_options={"size": 1}, ping_query=None)
+    pool = DbApiPool(fake_connect, size=1, ping_query=None)
     closing.append(pool)
     calls: list[int] = []
 

@@ -334,3 +334,97 @@ def test_unsolicited_tls_data_fails_the_check(
         sock.sendall(b"PING\n")  # a reply nobody will read
     wait_readable(sock)
     assert probe_tls_socket(sock) is False
+
+
+# -- construction, names and connect errors (issues 11.7 and 15.4) -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "error", "word"),
+    [
+        (TcpPool, {"source_address": "bad"}, TypeError, "source_address"),
+        (TcpPool, {"source_address": ("127.0.0.1", 70000)}, ValueError, "source_address"),
+        (TcpPool, {"source_address": (1, 0)}, TypeError, "source_address"),
+        (TcpPool, {"server_hostname": "db.example.org"}, ValueError, "server_hostname"),
+        (SslPool, {"server_hostname": ""}, ValueError, "server_hostname"),
+        (SslPool, {"server_hostname": b"x"}, TypeError, "server_hostname"),
+        (SslPool, {"ssl_context": "x"}, TypeError, "ssl_context"),
+        (TcpPool, {"sizee": 1}, TypeError, "sizee"),
+    ],
+)
+def test_bad_arguments_are_rejected_at_construction(
+    cls: Any, kwargs: dict[str, Any], error: type, word: str
+) -> None:
+    with pytest.raises(error, match=word):
+        cls(LOOPBACK, 1, size=1, **kwargs)
+
+
+def test_source_address_is_used(line_server: LineServer, closing: list[Any]) -> None:
+    pool = TcpPool(LOOPBACK, line_server.port, size=1, source_address=("127.0.0.1", 0))
+    closing.append(pool)
+    with pool.get() as sock:
+        assert sock.getsockname()[0] == "127.0.0.1"
+
+
+def test_default_names_are_the_address(line_server: LineServer, closing: list[Any]) -> None:
+    tcp = TcpPool(LOOPBACK, line_server.port, size=1)
+    tls = SslPool(LOOPBACK, line_server.port, size=1, min_size=0)
+    named = TcpPool(LOOPBACK, line_server.port, size=1, name="edge")
+    closing.extend([tcp, tls, named])
+    assert tcp.name == f"tcp 127.0.0.1:{line_server.port}"
+    assert tls.name == f"tls 127.0.0.1:{line_server.port}"
+    assert named.name == "edge"
+    assert f"'tcp 127.0.0.1:{line_server.port}'" in repr(tcp)
+    assert tcp.stats().name == tcp.name
+
+
+def test_connect_errors_name_the_address_and_keep_their_class(
+    closing: list[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.servers import free_port
+
+    port = free_port()
+    pool = TcpPool(LOOPBACK, port, size=1)
+    closing.append(pool)
+    with pytest.raises(PoolTimeout) as info:
+        pool.wait_ready(timeout=0.5)
+    cause = info.value.__cause__
+    assert isinstance(cause, ConnectionRefusedError), repr(cause)
+    assert f"127.0.0.1:{port}" in str(cause)
+    assert isinstance(cause.__cause__, ConnectionRefusedError)  # the original
+    assert isinstance(cause, pool.exc_classes)
+    lines = [r.getMessage() for r in caplog.records if "connect failed" in r.getMessage()]
+    assert lines, caplog.text
+    assert all(f"127.0.0.1:{port}" in line for line in lines), lines
+
+
+def test_unix_socket_connect_error_names_the_path(tmp_path: Any) -> None:
+    from geventconnpool.contrib.tcp import SocketConnector
+
+    path = str(tmp_path / "missing.sock")
+    with pytest.raises(FileNotFoundError, match=r"missing\.sock") as info:
+        SocketConnector(None, None, unix_socket=path).connect(1.0)
+    assert isinstance(info.value.__cause__, FileNotFoundError)
+    assert info.value.errno == info.value.__cause__.errno
+
+
+def test_tls_verification_error_names_the_address(tls_ca: Any, closing: list[Any]) -> None:
+    server_ctx, _ = tls_contexts(tls_ca)
+    server = LineServer(server_ctx)
+    try:
+        pool = SslPool(LOOPBACK, server.port, size=1)  # the default context does not trust tls_ca
+        closing.append(pool)
+        with pytest.raises(PoolTimeout) as info:
+            pool.wait_ready(timeout=2)
+        cause = info.value.__cause__
+        assert isinstance(cause, ssl.SSLCertVerificationError), repr(cause)
+        assert f"127.0.0.1:{server.port}" in str(cause)
+        assert cause.verify_code == info.value.__cause__.__cause__.verify_code  # type: ignore[union-attr]
+    finally:
+        server.stop()
+
+
+def test_ipv6_addresses_are_bracketed(closing: list[Any]) -> None:
+    pool = TcpPool("::1", 7000, size=1, min_size=0)
+    closing.append(pool)
+    assert pool.name == "tcp [::1]:7000"

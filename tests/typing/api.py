@@ -55,3 +55,26 @@ bare(1)  # type: ignore[arg-type]
 configured("k", count="2")  # type: ignore[arg-type]
 with pool.get() as conn2:
     text: str = conn2  # type: ignore[assignment]
+
+
+# Ready-made pools: DbApiPool is generic over the driver's connection type.
+import psycopg2.extensions  # noqa: E402
+
+from geventconnpool.contrib.dbapi import DbApiPool  # noqa: E402
+
+
+class DbConn:
+    def cursor(self) -> object:
+        return object()
+
+
+def db_connect(dsn: str) -> DbConn:
+    return DbConn()
+
+
+db = DbApiPool(db_connect, "host=127.0.0.1 dbname=app", size=2, timeout=5)
+with db.get() as dbconn:
+    typed_conn: DbConn = dbconn  # the driver's connection type flows through get()
+pg: DbApiPool[psycopg2.extensions.connection]
+with db.get() as dbconn2:
+    wrong: str = dbconn2  # type: ignore[assignment]
