@@ -13,6 +13,8 @@ from ._backoff import delay as backoff_delay
 from ._options import check_exc_classes, check_int, check_seconds
 from .errors import DEFAULT_EXC_CLASSES, PoolError
 
+__all__ = ["MAX_FAILURE_LOG_MESSAGE", "RETRY_LOG_MESSAGE", "retry"]
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
