@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,17 @@ from geventconnpool.testing import FaultProxy, PingServer, ping
 def pytest_report_header() -> str:
     where = Path(geventconnpool.__file__).parent
     return f"geventconnpool {geventconnpool.__version__} from {where}"
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """After a run of tests/test_docs.py: how many doc blocks were skipped as fragments."""
+    docs = sys.modules.get("tests.test_docs")
+    if docs is not None:
+        counts = docs.fragment_counts()
+        where = ", ".join(f"{page} {n}" for page, n in counts.items()) or "none"
+        terminalreporter.write_line(
+            f"docs: {sum(counts.values())} fragment blocks skipped ({where})"
+        )
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
