@@ -26,7 +26,18 @@ from typing import Any
 
 import pytest
 
-from .servers import CI, postgres_server, redis_server  # noqa: F401  (fixtures, by name)
+from . import servers
+from .servers import CI
+
+# Every fixture of tests/servers.py, by name (request.getfixturevalue finds module globals), so a
+# server fixture added there later (pgbouncer, sentinel...) serves the pages that need it.
+globals().update(
+    {
+        name: obj
+        for name, obj in vars(servers).items()
+        if hasattr(obj, "_fixture_function_marker") or hasattr(obj, "_pytestfixturefunction")
+    }
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE_TIMEOUT = 90.0  # seconds for all the blocks of one page
@@ -156,7 +167,7 @@ def test_code_blocks_of_the_page_run(page: str, request: pytest.FixtureRequest) 
             check=False,
         )
     except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"{page}: its blocks still running after {PAGE_TIMEOUT}s\n{exc.stderr}")
+        pytest.fail(f"{page}: its blocks still running after {PAGE_TIMEOUT}s\n{exc.stderr!r}")
     assert proc.returncode == 0, f"{page}:\n{proc.stdout}\n{proc.stderr}"
 
 

@@ -66,7 +66,7 @@ def pg_names(pg: PostgresServer) -> Counter[str]:
 
 
 def _gunicorn_has(setting: str) -> bool:
-    from gunicorn.config import KNOWN_SETTINGS
+    from gunicorn.config import KNOWN_SETTINGS  # type: ignore[import-untyped]
 
     return any(s.name == setting for s in KNOWN_SETTINGS)
 
