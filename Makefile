@@ -41,12 +41,20 @@ bench-quick: $(STAMP)
 chaos: $(STAMP) servers
 	$(PY) -m tests.chaos
 
-# The sdist and the wheel in dist/, checked as the package index would (twine check --strict).
-dist: $(STAMP)
+# The sdist and the wheel in dist/, checked as the package index would (twine check --strict);
+# rebuilt only when something they contain changed.
+DIST_INPUTS := $(shell find geventconnpool tests docs examples bench scripts -type f \
+	-not -path '*/__pycache__/*' -not -path 'docs/_build/*' 2>/dev/null) \
+	pyproject.toml setup.py MANIFEST.in README.rst LICENSE CHANGES.rst Makefile
+
+dist/.built: $(STAMP) $(DIST_INPUTS)
 	$(PY) -m pip install --quiet -e '.[test,dist]'
 	rm -rf dist
 	$(PY) -m build --outdir dist .
-	$(PY) -m twine check --strict dist/*
+	$(PY) -m twine check --strict dist/*.whl dist/*.tar.gz
+	touch dist/.built
+
+dist: dist/.built
 
 # The documentation site in docs/_build/html; a warning is an error.
 docs: $(STAMP)
@@ -55,13 +63,13 @@ docs: $(STAMP)
 	@echo "docs: docs/_build/html/index.html"
 
 # CI, after `make test` (.ci/run): the package as users install it (scripts/ci-package).
-ci-dist: dist
+ci-dist: dist/.built
 	bash scripts/ci-package dist
 
-ci-pythons: dist
+ci-pythons: dist/.built
 	bash scripts/ci-package pythons
 
-ci-floor: dist
+ci-floor: dist/.built
 	bash scripts/ci-package floor
 
 clean:
