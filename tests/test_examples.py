@@ -154,6 +154,15 @@ class Gunicorn:
         head, _, body = data.partition(b"\r\n\r\n")
         return int(head.split()[1]), body
 
+    def wait_for(self, predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+        """Wait until ``predicate()``; fail with gunicorn's output if it exits meanwhile."""
+
+        def check() -> bool:
+            assert self.proc.poll() is None, f"gunicorn exited:\n{self.output()}"
+            return predicate()
+
+        wait_until(check, timeout, what)
+
     def wait_listening(self, timeout: float = 30.0) -> None:
         """Wait until gunicorn accepts connections, without sending a request."""
         deadline = time.monotonic() + timeout
@@ -255,7 +264,7 @@ def test_gunicorn_post_worker_init_opens_a_pool_in_each_worker(
 ) -> None:
     g = gunicorn("-c", "python:examples.gunicorn_app")
     # before any request: both workers have opened a pool of their own, the master none
-    wait_until(lambda: server.active == 2 * POOL_SIZE, 30, "both workers' pools")
+    g.wait_for(lambda: server.active == 2 * POOL_SIZE, "both workers' pools")
     opened = re.findall(r"worker (\d+): pool 'ping' open \((\d+) connections\)", g.output())
     assert {int(pid) for pid, _ in opened} == g.workers(), g.output()
     assert all(int(n) == POOL_SIZE for _, n in opened), g.output()
@@ -271,7 +280,7 @@ def test_gunicorn_worker_exit_closes_each_workers_pool(
     gunicorn: Callable[..., Gunicorn], server: PingServer
 ) -> None:
     g = gunicorn("-c", "python:examples.gunicorn_app")
-    wait_until(lambda: server.active == 2 * POOL_SIZE, 30, "both workers' pools")
+    g.wait_for(lambda: server.active == 2 * POOL_SIZE, "both workers' pools")
     workers = g.workers()
     assert g.stop() == 0, g.output()
     closed = re.findall(r"worker (\d+): pool 'ping' closed", g.output())
