@@ -27,8 +27,6 @@ html_theme_options = {"description": "A connection pool for gevent applications"
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 autodoc_default_options = {"members": True, "show-inheritance": True}
-# The hooks a subclass overrides start with "_": document them where they are defined.
-autodoc_default_options["private-members"] = False
 intersphinx_mapping: dict[str, tuple[str, None]] = {}
 nitpicky = False
 
