@@ -14,7 +14,7 @@ import geventconnpool  # noqa: E402
 
 project = "geventconnpool"
 author = "the geventconnpool developers"
-copyright = "2026, the geventconnpool developers; 0.2.1 (2014) by Giovanni Bajo"  # noqa: A001
+copyright = "2026, the geventconnpool developers; 0.2.1 (2014) by Giovanni Bajo"
 release = geventconnpool.__version__
 version = ".".join(release.split(".")[:2])
 
