@@ -4,7 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest servers bench bench-quick chaos clean
+.PHONY: demo test lint typecheck pytest servers bench bench-quick chaos clean dist docs \
+	ci-dist ci-pythons ci-floor
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,5 +41,36 @@ bench-quick: $(STAMP)
 chaos: $(STAMP) servers
 	$(PY) -m tests.chaos
 
+# The sdist and the wheel in dist/, checked as the package index would (twine check --strict);
+# rebuilt only when something they contain changed.
+DIST_INPUTS := $(shell find geventconnpool tests docs examples bench scripts -type f \
+	-not -path '*/__pycache__/*' -not -path 'docs/_build/*' 2>/dev/null) \
+	pyproject.toml setup.py MANIFEST.in README.rst LICENSE CHANGES.rst Makefile
+
+dist/.built: $(STAMP) $(DIST_INPUTS)
+	$(PY) -m pip install --quiet -e '.[test,dist]'
+	rm -rf dist
+	$(PY) -m build --outdir dist .
+	$(PY) -m twine check --strict dist/*.whl dist/*.tar.gz
+	touch dist/.built
+
+dist: dist/.built
+
+# The documentation site in docs/_build/html; a warning is an error.
+docs: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,docs]'
+	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
+	@echo "docs: docs/_build/html/index.html"
+
+# CI, after `make test` (.ci/run): the package as users install it (scripts/ci-package).
+ci-dist: dist/.built
+	bash scripts/ci-package dist
+
+ci-pythons: dist/.built
+	bash scripts/ci-package pythons
+
+ci-floor: dist/.built
+	bash scripts/ci-package floor
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist docs/_build *.egg-info .pytest_cache .mypy_cache .ruff_cache

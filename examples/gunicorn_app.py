@@ -1,36 +1,37 @@
-"""A WSGI app served by gunicorn's gevent worker, with one connection pool per worker process.
+"""A WSGI app under gunicorn's gevent worker: the README's recipe for pools and ``--preload``.
+
+The recipe: create the pool at import time with ``open=False``, use it in the workers. With
+``open=False`` the constructor does no I/O and starts no greenlet; the first ``get()`` (or
+``wait_ready()``) in a process opens that process's own pool. Under ``--preload`` the master
+imports this module and forks the workers: it never connects, and each worker opens its own
+pool.
 
 Run it under gunicorn from the repository root, given a PING server (Redis, for instance)::
 
-    PING_HOST=127.0.0.1 PING_PORT=6379 gunicorn -k gevent -w 2 examples.gunicorn_app:app
+    PING_PORT=6379 gunicorn -k gevent --preload -w 2 examples.gunicorn_app:app
     curl http://127.0.0.1:8000/
 
-or let this script do it all (an embedded PING server, gunicorn, a few requests, then stop)::
+To open each worker's pool as the worker starts (so that the first request does not pay the
+connects, and a worker whose backend is unreachable fails to boot) and close it when the worker
+stops, load this module as the configuration too: it defines :func:`post_worker_init` and
+:func:`worker_exit`::
+
+    gunicorn -k gevent --preload -w 2 -c python:examples.gunicorn_app examples.gunicorn_app:app
+
+Why ``post_worker_init`` rather than ``post_fork``: both run in the new worker, but ``post_fork``
+runs before the gevent worker has monkey-patched and re-initialised its event loop, too early for
+a driver that relies on monkey-patching.
+
+Or let this script do it all (an embedded PING server, gunicorn with those hooks, a few
+requests, then stop)::
 
     python examples/gunicorn_app.py                    # embedded PING server
     python examples/gunicorn_app.py --port 6379        # a real Redis server
 
-Environment: ``PING_HOST`` (default 127.0.0.1), ``PING_PORT`` (default 6379),
+Needs: gunicorn (``pip install gunicorn``; the ``test`` extra has it); with ``--host``/``--port``
+a server that answers ``PING`` with ``+PONG``, such as Redis (``redis-server --port 6379``).
+Environment of the app: ``PING_HOST`` (default 127.0.0.1), ``PING_PORT`` (default 6379),
 ``PING_POOL_SIZE`` (connections per worker, default 4).
-
-One pool per process: gunicorn forks its workers from the master, and two processes must never
-share a socket, so each worker makes its own pool after the fork. Two ways:
-
-* lazily, on the first request a process serves: :func:`get_pool` (nothing to configure);
-* eagerly, when the worker starts, so its connections are open before the first request: put
-  :func:`post_worker_init` and :func:`worker_exit` in your ``gunicorn.conf.py``, or load this
-  module as the configuration too::
-
-      gunicorn -k gevent -w 2 -c python:examples.gunicorn_app examples.gunicorn_app:app
-
-  Why ``post_worker_init`` rather than ``post_fork``: both run in the new worker process, but
-  ``post_fork`` runs *before* the gevent worker has monkey-patched and re-initialised its event
-  loop. A pool like this one, built on ``gevent.socket``, works from either hook; one whose
-  ``_new_connection`` relies on monkey-patching (a stdlib-socket driver) needs
-  ``post_worker_init``, which runs once gevent is set up.
-
-Never create the pool at import time with ``--preload``: it would be made in the master.
-(:func:`get_pool` notices a pool inherited that way and makes a new one.)
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -66,53 +68,47 @@ def command(conn: socket.socket, line: bytes = b"PING") -> bytes:
 
 
 class PingPool(ConnectionPool[socket.socket]):
-    """This worker's connections to the PING server."""
+    """Connections to the PING server; each process that uses the pool has its own."""
 
-    def __init__(self, address: tuple[str, int], size: int) -> None:
+    def __init__(self, address: tuple[str, int], size: int, **options: Any) -> None:
         self.address = address
-        self.created_in = os.getpid()
-        super().__init__(size, name=f"ping-pid{self.created_in}", timeout=5)
+        super().__init__(size, name="ping", timeout=5, **options)
 
     def _new_connection(self) -> socket.socket:
         return socket.create_connection(self.address, timeout=5)
 
 
-_pool: PingPool | None = None
-
-
-def get_pool() -> PingPool:
-    """This process's pool, created on first use.
-
-    No lock is needed: creating a pool never switches greenlets, so two requests cannot both
-    create one.
-    """
-    global _pool
-    if _pool is None or _pool.created_in != os.getpid():
-        address = (os.environ.get("PING_HOST", "127.0.0.1"), int(os.environ.get("PING_PORT", 6379)))
-        _pool = PingPool(address, int(os.environ.get("PING_POOL_SIZE", 4)))
-    return _pool
+# The recipe: made at import time (in the master, with --preload), opened in each worker.
+pool = PingPool(
+    (os.environ.get("PING_HOST", "127.0.0.1"), int(os.environ.get("PING_PORT", 6379))),
+    int(os.environ.get("PING_POOL_SIZE", 4)),
+    open=False,
+)
 
 
 def post_worker_init(worker: Any) -> None:
-    """gunicorn hook, in each new worker once gevent is set up: open the pool now."""
-    worker.log.info("worker %s: pool %r created", os.getpid(), get_pool().name)
+    """gunicorn hook, in each new worker once gevent is set up: open this worker's pool now."""
+    pool.wait_ready(10)  # raises (the worker fails to boot) if the backend is unreachable
+    worker.log.info(
+        "worker %s: pool %r open (%d connections)", os.getpid(), pool.name, pool.stats().open
+    )
 
 
 def worker_exit(server: Any, worker: Any) -> None:
     """gunicorn hook, in a worker that stops: close its pool's connections."""
-    if _pool is not None and _pool.created_in == os.getpid():
-        _pool.close()
-        server.log.info("worker %s: pool %r closed", os.getpid(), _pool.name)
+    pool.close()
+    server.log.info("worker %s: pool %r closed", os.getpid(), pool.name)
 
 
 @retry(max_failures=2, interval=0.05)
 def ping_backend() -> str:
-    with get_pool().get() as conn:
+    with pool.get() as conn:  # the first get() in a worker opens its pool, if no hook did
         return command(conn).decode().strip()
 
 
 def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-    """``GET /``: PING the backend through this worker's pool; JSON says which worker and pool."""
+    """``GET /``: PING the backend through this worker's pool; JSON says which worker, and its
+    pool's state."""
     if environ.get("PATH_INFO", "/") != "/":
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"not found\n"]
@@ -121,17 +117,8 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
         result: dict[str, Any] = {"reply": ping_backend()}
     except Exception as exc:  # the backend is down: say so, do not crash the worker
         status, result = "503 Service Unavailable", {"error": repr(exc)}
-    pool = get_pool()
     s = pool.stats()
-    result.update(
-        pid=os.getpid(),
-        pool=s.name,
-        pool_pid=pool.created_in,
-        pool_id=id(pool),
-        open=s.open,
-        created=s.created,
-        acquired=s.acquired,
-    )
+    result.update(pid=os.getpid(), pool=s.name, open=s.open, created=s.created, acquired=s.acquired)
     body = json.dumps(result).encode() + b"\n"
     start_response(status, [("Content-Type", "application/json")])
     return [body]
@@ -152,8 +139,11 @@ def http_get(address: tuple[str, int], path: str = "/") -> tuple[int, bytes]:
     return int(head.split()[1]), body
 
 
-def wait_http(address: tuple[str, int], timeout: float, proc: subprocess.Popen[bytes]) -> None:
-    """Wait until gunicorn answers on ``address`` (or exits, or ``timeout`` passes)."""
+def wait_http(
+    address: tuple[str, int], timeout: float, proc: subprocess.Popen[bytes], log: Any
+) -> None:
+    """Wait until gunicorn answers on ``address``; if it exits or ``timeout`` passes, exit
+    with the last line of its output (its error)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -161,7 +151,11 @@ def wait_http(address: tuple[str, int], timeout: float, proc: subprocess.Popen[b
             return
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("error: gunicorn did not start")
+                stop(proc)
+                log.seek(0)
+                lines = log.read().decode(errors="replace").strip().splitlines() or ["no output"]
+                errors = [line for line in lines if re.match(r"\w+(Error|Exception)\b", line)]
+                raise SystemExit(f"error: gunicorn did not start: {(errors or lines)[-1]}")
             gevent.sleep(0.1)
 
 
@@ -200,19 +194,20 @@ def query(http: tuple[str, int], requests: int) -> list[dict[str, Any]]:
     return list(gevent.pool.Pool(10).imap(one, range(requests)))
 
 
-def report(answers: list[dict[str, Any]]) -> bool:
-    """Print what each worker answered; True if every answer came through its own pool."""
+def report(answers: list[dict[str, Any]], size: int) -> bool:
+    """Print what each worker answered; True if every request got a PONG from a worker whose
+    pool it opened itself (at most ``size`` connections, none inherited)."""
     ok = [a for a in answers if a["status"] == 200 and a["reply"] == "+PONG"]
-    own = [a for a in ok if a["pool_pid"] == a["pid"]]
     by_pid: dict[int, list[dict[str, Any]]] = {}
-    for answer in answers:
+    for answer in ok:
         by_pid.setdefault(answer["pid"], []).append(answer)
     for pid, mine in sorted(by_pid.items()):
         last = max(mine, key=lambda a: a["acquired"])
         print(
             f"worker pid {pid}: answered {len(mine)} requests through its own pool"
-            f" {last['pool']!r} ({last['open']} connections open)"
+            f" {last['pool']!r} ({last['open']} connections open, {last['created']} opened by it)"
         )
+    own = [a for a in ok if a["created"] >= 1 and a["open"] <= size]
     print(f"{len(own)}/{len(answers)} requests answered +PONG through their worker's own pool")
     return len(own) == len(answers)
 
@@ -224,7 +219,8 @@ def serve_and_query(
     http = ("127.0.0.1", free_port())
     root = Path(__file__).resolve().parent.parent
     env = dict(os.environ, PING_HOST=ping[0], PING_PORT=str(ping[1]), PING_POOL_SIZE=str(size))
-    argv = ["gunicorn", "-k", "gevent", "-w", str(workers), "-b", f"{http[0]}:{http[1]}"]
+    argv = ["gunicorn", "-k", "gevent", "--preload", "-w", str(workers)]
+    argv += ["-b", f"{http[0]}:{http[1]}"]
     argv += [
         "--chdir",
         str(root),
@@ -236,14 +232,15 @@ def serve_and_query(
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen([sys.executable, "-m", *argv], env=env, stdout=log, stderr=log)
         try:
-            wait_http(http, 30, proc)
+            wait_http(http, 30, proc, log)
             if server is not None:
                 wait_connections(server, workers * size, 30)
                 print(
                     f"the PING server sees {server.active} connections:"
-                    f" {workers} workers x a pool of {size}, opened as each worker started"
+                    f" {workers} workers x a pool of {size}, opened as each worker started;"
+                    " the master holds none"
                 )
-            good = report(query(http, requests))
+            good = report(query(http, requests), size)
         finally:
             stop(proc)
         if proc.returncode != 0:
@@ -270,6 +267,11 @@ if __name__ == "__main__":
     parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
     parser.add_argument("--size", type=int, default=4, help="connections per worker's pool")
     args = parser.parse_args()
+    import _needs  # examples/_needs.py (not importable by gunicorn: only here, as a script)
+
+    _needs.package("gunicorn", "pip install gunicorn  (or: pip install -e '.[test]')")
+    if args.host is not None or args.port is not None:
+        _needs.ping_server((args.host or "127.0.0.1", args.port or 6379))
     if args.host is None and args.port is None:
         with PingServer() as server:
             code = serve_and_query(server.address, server, args.requests, args.workers, args.size)

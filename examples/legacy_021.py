@@ -18,6 +18,9 @@ Run it from the repository root::
 
     python examples/legacy_021.py                  # against an embedded PING server
     python examples/legacy_021.py --port 6379      # against a real Redis server
+
+Needs: the package alone (no extra, no server: it embeds a PING server); with ``--host``/``--port``
+a server that answers ``PING`` with ``+PONG``, such as Redis (``redis-server --port 6379``).
 """
 
 import argparse
@@ -28,6 +31,7 @@ import logging
 import sys
 import time
 
+import _needs  # (demo) examples/_needs.py: one-line errors naming the fix
 import gevent
 from gevent import socket
 
@@ -44,6 +48,7 @@ if args.host is None and args.port is None:
     server = backend.enter_context(PingServer())
     ADDRESS, drop_all = server.address, server.drop_all
 else:
+    _needs.ping_server((args.host or "127.0.0.1", args.port or 6379))  # (demo)
     proxy = backend.enter_context(FaultProxy((args.host or "127.0.0.1", args.port or 6379)))
     ADDRESS, drop_all = proxy.address, proxy.reset_all
 logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="log: %(message)s")

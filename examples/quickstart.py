@@ -4,12 +4,16 @@ Run it from the repository root::
 
     python examples/quickstart.py                  # against an embedded PING server
     python examples/quickstart.py --port 6379      # against a real Redis server
+
+Needs: the package alone (no extra, no server: it embeds a PING server); with ``--host``/``--port``
+a server that answers ``PING`` with ``+PONG``, such as Redis (``redis-server --port 6379``).
 """
 
 from __future__ import annotations
 
 import argparse
 
+import _needs  # examples/_needs.py: one-line errors naming the fix
 import gevent
 from gevent import socket
 
@@ -67,4 +71,5 @@ if __name__ == "__main__":
             main()
     else:
         ADDRESS = (args.host or "127.0.0.1", args.port or 6379)
+        _needs.ping_server(ADDRESS)
         main()

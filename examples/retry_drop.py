@@ -9,6 +9,9 @@ Run it from the repository root::
 
     python examples/retry_drop.py                  # against an embedded PING server
     python examples/retry_drop.py --port 6379      # against a real Redis server
+
+Needs: the package alone (no extra, no server: it embeds a PING server); with ``--host``/``--port``
+a server that answers ``PING`` with ``+PONG``, such as Redis (``redis-server --port 6379``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import _needs  # examples/_needs.py: one-line errors naming the fix
 import gevent.pool
 from gevent import socket
 
@@ -117,6 +121,7 @@ def backend(args: argparse.Namespace) -> Iterator[tuple[tuple[str, int], Callabl
         with PingServer() as server:
             yield server.address, server.drop_all
     else:
+        _needs.ping_server((args.host or "127.0.0.1", args.port or 6379))
         with FaultProxy((args.host or "127.0.0.1", args.port or 6379)) as proxy:
             yield proxy.address, proxy.reset_all
 

@@ -9,7 +9,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .demo import DemoOptions, run
+from . import __version__
+from .demo import QUICK, DemoOptions, run
+
+__all__ = ["main", "parse"]
 
 _DEFAULTS = DemoOptions()
 
@@ -53,14 +56,28 @@ def _demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
             "print both side by side. Halfway through, the server drops every connection once."
         ),
     )
-    p.add_argument("--greenlets", type=_count, default=d.greenlets, help="concurrent greenlets")
-    p.add_argument("--requests", type=_count, default=d.requests, help="requests via the pool")
+    p.add_argument(
+        "--greenlets", type=_count, help=f"concurrent greenlets (default {d.greenlets:,})"
+    )
+    p.add_argument(
+        "--requests", type=_count, help=f"requests via the pool (default {d.requests:,})"
+    )
     p.add_argument("--size", type=_count, default=d.size, help="pool size (connections)")
     p.add_argument(
         "--compare-requests",
         type=_count,
-        default=d.compare_requests,
-        help="requests with a new connection each (fewer: they are slow)",
+        help=(
+            "requests with a new connection each (fewer: they are slow;"
+            f" default {d.compare_requests:,})"
+        ),
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=(
+            "a run of about a second: {greenlets} greenlets, {requests:,} requests,"
+            " {compare_requests:,} to compare (explicit counts still apply)".format(**QUICK)
+        ),
     )
     p.add_argument("--host", help="a PING-speaking server instead of the embedded one")
     p.add_argument("--port", type=_port, help="its port (default 6379, Redis's, with --host)")
@@ -79,6 +96,7 @@ def parse(argv: Sequence[str] | None = None) -> tuple[argparse.ArgumentParser, a
     parser = argparse.ArgumentParser(
         prog="python -m geventconnpool", description="geventconnpool command-line tools"
     )
+    parser.add_argument("--version", action="version", version=f"geventconnpool {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _demo_parser(sub)
     return parser, parser.parse_args(argv)
@@ -90,11 +108,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command != "demo":
         parser.print_help(sys.stderr)
         return 2
+    counts = QUICK if args.quick else vars(_DEFAULTS)
     opts = DemoOptions(
-        greenlets=args.greenlets,
-        requests=args.requests,
+        greenlets=args.greenlets or counts["greenlets"],
+        requests=args.requests or counts["requests"],
         size=args.size,
-        compare_requests=args.compare_requests,
+        compare_requests=args.compare_requests or counts["compare_requests"],
         host=args.host,
         port=args.port,
         compare=not args.no_compare,

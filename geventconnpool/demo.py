@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import signal
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
 import gevent
+import gevent.event
 from gevent import socket as gsocket
 
 from .errors import PoolTimeout
@@ -25,13 +28,15 @@ from .retry import retry
 from .stats import PoolStats
 from .testing import PingServer, ping
 
-__all__ = ["DemoOptions", "PhaseResult", "run"]
+__all__ = ["INTERRUPTED", "QUICK", "DemoOptions", "PhaseResult", "run"]
 
 DEFAULT_PORT = 6379  # with --host but no --port: a Redis server
 REQUEST_TIMEOUT = 5.0  # bounds each connect, get() and reply
 RETRIES = 5  # @retry(max_failures=...) around every request
 _WIDTH = 26  # label column of the table
 _COLUMN = 24  # each result column
+INTERRUPTED = 130  # the exit code after Ctrl-C, as a shell reports a process killed by SIGINT
+QUICK = {"greenlets": 50, "requests": 3_000, "compare_requests": 500}  # --quick: about a second
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,7 @@ class PhaseResult:
     latencies: list[float] = field(default_factory=list)
     connections: int = 0  # connections opened
     timed_out: bool = False
+    interrupted: bool = False  # stopped by Ctrl-C
     first_error: str | None = None
     dropped: int | None = None  # connections the server dropped halfway (None: no drop)
     dropped_at: int | None = None  # after how many completed requests
@@ -185,12 +191,15 @@ def drive(
     deadline: float,
     progress: Progress,
     on_success: Callable[[int], None] | None = None,
+    stop: gevent.event.Event | None = None,
 ) -> None:
-    """Run ``result.planned`` requests from ``greenlets`` greenlets, until done or ``deadline``."""
+    """Run ``result.planned`` requests from ``greenlets`` greenlets, until done, ``deadline``,
+    or ``stop`` is set (Ctrl-C)."""
     issued = [0]
+    stop = stop if stop is not None else gevent.event.Event()
 
     def worker() -> None:
-        while issued[0] < result.planned:
+        while issued[0] < result.planned and not stop.is_set():
             issued[0] += 1
             start = time.perf_counter()
             result.running += 1
@@ -210,11 +219,15 @@ def drive(
     progress.start()
     begin = time.perf_counter()
     workers = [gevent.spawn(worker) for _ in range(min(greenlets, result.planned))]
-    gevent.joinall(workers, timeout=max(0.0, deadline - time.monotonic()))
+    finished = gevent.spawn(gevent.joinall, workers)
+    waitables: list[Any] = [finished, stop]
+    gevent.wait(waitables, timeout=max(0.0, deadline - time.monotonic()), count=1)
     result.seconds = time.perf_counter() - begin
     if not all(w.dead for w in workers):
-        result.timed_out = True
+        result.interrupted = stop.is_set()
+        result.timed_out = not result.interrupted
         gevent.killall(workers, block=True, timeout=REQUEST_TIMEOUT)
+    finished.kill()
     progress.stop()
 
 
@@ -224,6 +237,7 @@ def pooled_phase(
     server: PingServer | None,
     deadline: float,
     out: TextIO,
+    stop: gevent.event.Event | None = None,
 ) -> PhaseResult:
     """The workload through a pool of ``opts.size`` connections, with the drop halfway."""
     result = PhaseResult(f"pool of {_n(opts.size, 'connection')}", opts.requests)
@@ -248,6 +262,7 @@ def pooled_phase(
             deadline,
             progress,
             _dropper(result, server, pool, progress) if server is not None and opts.drop else None,
+            stop,
         )
         result.stats = pool.stats()
         result.connections = result.stats.created
@@ -275,7 +290,11 @@ def _dropper(
 
 
 def per_connection_phase(
-    opts: DemoOptions, address: tuple[str, int], deadline: float, out: TextIO
+    opts: DemoOptions,
+    address: tuple[str, int],
+    deadline: float,
+    out: TextIO,
+    stop: gevent.event.Event | None = None,
 ) -> PhaseResult:
     """The same workload, opening (and closing) a new connection for every request."""
     result = PhaseResult("new connection per request", opts.compare_requests)
@@ -290,7 +309,7 @@ def per_connection_phase(
         finally:
             sock.close()
 
-    drive(result, request, opts.greenlets, deadline, Progress(out, result))
+    drive(result, request, opts.greenlets, deadline, Progress(out, result), stop=stop)
     return result
 
 
@@ -356,7 +375,8 @@ def table(pooled: PhaseResult, other: PhaseResult | None) -> str:
     ]
     lines += [_row(label, value, *("-" for _ in cols[1:])) for label, value in _pool_rows(pooled)]
     if any(c.not_run for c in cols):
-        lines.append(_row("not run (--max-seconds)", *(f"{c.not_run:,}" for c in cols)))
+        why = "Ctrl-C" if any(c.interrupted for c in cols) else "--max-seconds"
+        lines.append(_row(f"not run ({why})", *(f"{c.not_run:,}" for c in cols)))
     lines.append(_row("wall time", *(f"{c.seconds:.2f} s" for c in cols)))
     if star:
         lines.append(
@@ -403,9 +423,12 @@ def _outcome(results: list[PhaseResult]) -> str:
     parts = []
     if errors:
         parts.append(f"{errors:,} requests failed" + (f" (first error: {first})" if first else ""))
-    if not_run:
+    if not_run and any(r.interrupted for r in results):
+        parts.append(f"{not_run:,} requests were not run: the demo was interrupted (Ctrl-C)")
+    elif not_run:
         parts.append(f"{not_run:,} requests were not run: the demo hit --max-seconds")
-    return "FAILED: " + "; ".join(parts) + "."
+    stopped = any(r.interrupted for r in results)
+    return ("INTERRUPTED: " if stopped else "FAILED: ") + "; ".join(parts) + "."
 
 
 def _header(opts: DemoOptions, address: tuple[str, int], embedded: bool, out: TextIO) -> None:
@@ -424,9 +447,12 @@ def _header(opts: DemoOptions, address: tuple[str, int], embedded: bool, out: Te
 
 
 def run(opts: DemoOptions, out: TextIO, err: TextIO) -> int:
-    """Run the demo; returns the exit code: 0 when every request succeeded, else 1."""
+    """Run the demo; returns the exit code: 0 when every request succeeded, 130 after Ctrl-C
+    (with the summary so far), else 1."""
     deadline = time.monotonic() + opts.max_seconds
     server = None if opts.external else PingServer().start()
+    stop = gevent.event.Event()
+    restore = _stop_on_ctrl_c(stop)
     try:
         if server is not None:
             address = server.address
@@ -437,10 +463,32 @@ def run(opts: DemoOptions, out: TextIO, err: TextIO) -> int:
         if problem is not None:
             err.write(f"error: {address[0]}:{address[1]}: {problem}\n")
             return 1
-        return _phases(opts, address, server, deadline, out)
+        return _phases(opts, address, server, deadline, out, stop)
     finally:
+        restore()
         if server is not None:
             server.stop()
+
+
+def _stop_on_ctrl_c(stop: gevent.event.Event) -> Callable[[], None]:
+    """Make the first SIGINT set ``stop`` (a second one interrupts as usual); returns the undo.
+
+    Without it, ``KeyboardInterrupt`` lands in whichever greenlet runs, and the demo ends with a
+    traceback and no summary. Only the main thread may install signal handlers.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGINT, previous)
+        stop.set()
+
+    def restore() -> None:
+        signal.signal(signal.SIGINT, previous)
+
+    signal.signal(signal.SIGINT, on_sigint)
+    return restore
 
 
 def _phases(
@@ -449,13 +497,17 @@ def _phases(
     server: PingServer | None,
     deadline: float,
     out: TextIO,
+    stop: gevent.event.Event,
 ) -> int:
-    pooled = pooled_phase(opts, address, server, deadline, out)
+    pooled = pooled_phase(opts, address, server, deadline, out, stop)
     other = None
-    if opts.compare and time.monotonic() < deadline:
-        other = per_connection_phase(opts, address, deadline, out)
+    if opts.compare and time.monotonic() < deadline and not stop.is_set():
+        other = per_connection_phase(opts, address, deadline, out, stop)
+    interrupted = stop.is_set()
     timed_out = pooled.timed_out or (other is not None and other.timed_out)
-    timed_out = timed_out or (opts.compare and other is None)
+    timed_out = not interrupted and (timed_out or (opts.compare and other is None))
+    if interrupted:
+        out.write("  ! interrupted (Ctrl-C): the summary so far\n")
     if timed_out:
         out.write(f"  ! stopped by --max-seconds ({opts.max_seconds:g} s)\n")
     out.write(
@@ -466,5 +518,7 @@ def _phases(
         + "\n"
     )
     out.flush()
+    if interrupted:
+        return INTERRUPTED
     failed = pooled.failed + (other.failed if other is not None else 0)
     return 1 if failed or timed_out else 0

@@ -23,7 +23,7 @@ from ._options import check_exc_classes, check_int, check_seconds
 from .budget import RetryBudget
 from .errors import DEFAULT_EXC_CLASSES, PoolError
 
-__all__ = ["RetryBudget", "retry"]
+__all__ = ["MAX_FAILURE_LOG_MESSAGE", "RETRY_LOG_MESSAGE", "RetryBudget", "retry"]
 
 P = ParamSpec("P")
 R = TypeVar("R")

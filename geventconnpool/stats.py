@@ -5,6 +5,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+__all__ = [
+    "DISCARD_REASONS",
+    "ConnectionInfo",
+    "Counters",
+    "Discarded",
+    "PoolDump",
+    "PoolStats",
+    "WaiterInfo",
+]
+
 #: Why the pool closed a connection; the fields of :class:`Discarded` and the ``reason`` given to
 #: ``_on_discard``.
 DISCARD_REASONS = (

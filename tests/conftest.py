@@ -3,15 +3,45 @@
 from __future__ import annotations
 
 import itertools
+import os
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import gevent
 import pytest
 from gevent import socket
 
+import geventconnpool
 from geventconnpool import ConnectionPool
 from geventconnpool.testing import FaultProxy, PingServer, ping
+
+
+def pytest_report_header() -> str:
+    where = Path(geventconnpool.__file__).parent
+    return f"geventconnpool {geventconnpool.__version__} from {where}"
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """After a run of tests/test_docs.py: how many doc blocks were skipped as fragments."""
+    docs = sys.modules.get("tests.test_docs")
+    if docs is not None:
+        counts = docs.fragment_counts()
+        where = ", ".join(f"{page} {n}" for page, n in counts.items()) or "none"
+        terminalreporter.write_line(
+            f"docs: {sum(counts.values())} fragment blocks skipped ({where})"
+        )
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With ``GEVENTCONNPOOL_EXPECT_PREFIX`` (set by scripts/ci-package), refuse to test any
+    ``geventconnpool`` but the one installed under that prefix: CI tests the wheel, not the
+    checkout."""
+    prefix = os.environ.get("GEVENTCONNPOOL_EXPECT_PREFIX")
+    package = Path(geventconnpool.__file__).resolve()
+    if prefix and not package.is_relative_to(Path(prefix).resolve()):
+        pytest.exit(f"testing {package}, not the package installed under {prefix}", returncode=4)
 
 
 class SocketPool(ConnectionPool[socket.socket]):

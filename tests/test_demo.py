@@ -8,16 +8,18 @@ import os
 import pty
 import re
 import select
+import signal
 import sys
 import time
 from pathlib import Path
 
+import gevent
 import pytest
 from gevent import subprocess
 
 from geventconnpool import demo
 from geventconnpool.__main__ import main, parse
-from geventconnpool.demo import DemoOptions, PhaseResult
+from geventconnpool.demo import REQUEST_TIMEOUT, DemoOptions, PhaseResult
 from geventconnpool.testing import PingServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -233,3 +235,51 @@ def test_percentile_is_nearest_rank() -> None:
         0.4,
         0.1,
     )
+
+
+def test_demo_stops_at_the_first_ctrl_c_with_its_summary_and_exit_code_130() -> None:
+    argv = [sys.executable, "-m", "geventconnpool", "demo", "--requests", "100000000"]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    try:
+        with gevent.Timeout(TIMEOUT, AssertionError("no progress line from the demo")):
+            lines = [proc.stdout.readline()]
+            while not re.match(rb"  pool of 20 connections +[\d,]+/", lines[-1]):
+                assert lines[-1], b"".join(lines).decode()
+                lines.append(proc.stdout.readline())
+        proc.send_signal(signal.SIGINT)
+        interrupted_at = time.monotonic()
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    result = Run(proc.returncode, b"".join(lines).decode() + out.decode(), err.decode())
+    assert time.monotonic() - interrupted_at < REQUEST_TIMEOUT + 5, result
+    assert result.code == 130, result
+    assert "Traceback" not in result.err, result
+    assert "! interrupted (Ctrl-C): the summary so far" in result.out
+    assert result.header() == ["pool of 20 connections"]  # the comparison never started
+    assert int(result.row("not run (Ctrl-C)")[0].replace(",", "")) > 0
+    assert "INTERRUPTED: " in result.out and "the demo was interrupted (Ctrl-C)" in result.out
+
+
+def test_demo_quick_runs_the_small_counts() -> None:
+    result = run_demo("--quick")
+    assert result.code == 0, result
+    assert result.row("requests") == ["3,000", "500 (*)"]
+    assert "50 greenlets" in result.out
+
+
+def test_version_option_prints_the_package_version() -> None:
+    import geventconnpool
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "geventconnpool", "--version"],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert proc.returncode == 0, proc
+    assert proc.stdout.decode().strip() == f"geventconnpool {geventconnpool.__version__}"

@@ -1,7 +1,9 @@
 """Every script in examples/ runs: against its embedded server, and against a host given to it.
 
-``gunicorn_app.py`` also runs under a real gunicorn with the gevent worker, started here the way
-its docstring says, to check that each worker process has a pool of its own.
+``gunicorn_app.py`` also runs under a real ``gunicorn -k gevent --preload``, started here the way
+its docstring says, to check the README's recipe: the pool, made at import time in the master
+with ``open=False``, is opened by each worker for itself, and the master holds no connection.
+Each example, given a server that is not there, exits with one line naming the command to run.
 """
 
 from __future__ import annotations
@@ -57,20 +59,24 @@ EXPECTED: dict[str, list[str]] = {
         r"ok: _keepalive found the 20 dropped connections; the pool replaced them",
     ],
     "gunicorn_app.py": [
-        r"gunicorn -k gevent -w 2 ",
-        r"worker pid \d+: answered \d+ requests through its own pool 'ping-pid\d+'",
+        r"gunicorn -k gevent --preload -w 2 ",
+        r"worker pid \d+: answered \d+ requests through its own pool 'ping' \(4 connections open,"
+        r" 4 opened by it\)",
         r"20/20 requests answered \+PONG through their worker's own pool",
         r"gunicorn stopped \(exit code 0\)",
     ],
 }
 # Only with the embedded server: it alone lets the script count the server's connections.
 EXPECTED_EMBEDDED: dict[str, list[str]] = {
-    "gunicorn_app.py": [r"the PING server sees 8 connections: 2 workers x a pool of 4"],
+    "gunicorn_app.py": [
+        r"the PING server sees 8 connections: 2 workers x a pool of 4, opened as each worker"
+        r" started; the master holds none"
+    ],
 }
 
 
 def example_names() -> list[str]:
-    return sorted(path.name for path in EXAMPLES.glob("*.py"))
+    return sorted(path.name for path in EXAMPLES.glob("*.py") if not path.name.startswith("_"))
 
 
 def run_example(name: str, *args: str) -> tuple[int, str, str]:
@@ -123,14 +129,14 @@ def test_example_runs_against_the_host_given(name: str, server: PingServer) -> N
 
 
 class Gunicorn:
-    """``python -m gunicorn -k gevent -w 2 ... examples.gunicorn_app:app``, as a subprocess."""
+    """``python -m gunicorn -k gevent --preload -w 2 ... examples.gunicorn_app:app``."""
 
     def __init__(self, ping: tuple[str, int], log: Path, *options: str) -> None:
         self.http = ("127.0.0.1", free_port())
         self.log = log
         env = dict(os.environ, PING_HOST=ping[0], PING_PORT=str(ping[1]))
         env["PING_POOL_SIZE"] = str(POOL_SIZE)
-        argv = [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "2"]
+        argv = [sys.executable, "-m", "gunicorn", "-k", "gevent", "--preload", "-w", "2"]
         argv += ["-b", f"{self.http[0]}:{self.http[1]}", *options, "examples.gunicorn_app:app"]
         with log.open("wb") as out:
             self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=out)
@@ -147,6 +153,27 @@ class Gunicorn:
                 data += chunk
         head, _, body = data.partition(b"\r\n\r\n")
         return int(head.split()[1]), body
+
+    def wait_for(self, predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+        """Wait until ``predicate()``; fail with gunicorn's output if it exits meanwhile."""
+
+        def check() -> bool:
+            assert self.proc.poll() is None, f"gunicorn exited:\n{self.output()}"
+            return predicate()
+
+        wait_until(check, timeout, what)
+
+    def wait_listening(self, timeout: float = 30.0) -> None:
+        """Wait until gunicorn accepts connections, without sending a request."""
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.proc.poll() is None, f"gunicorn exited:\n{self.output()}"
+            try:
+                socket.create_connection(self.http, timeout=1).close()
+                return
+            except OSError:
+                assert time.monotonic() < deadline, f"gunicorn not listening:\n{self.output()}"
+                gevent.sleep(0.1)
 
     def wait_serving(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -206,28 +233,29 @@ def gunicorn(server: PingServer, tmp_path: Path) -> Iterator[Callable[..., Gunic
         g.stop()
 
 
-def assert_answers_from_own_pools(answers: list[dict[str, Any]]) -> dict[int, set[int]]:
-    """Every answer is a PONG through the answering process's own pool; pool ids by pid."""
-    pools: dict[int, set[int]] = {}
+def answers_by_worker(answers: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+    """Every answer is a PONG from a worker (never this process) through a pool of its own."""
+    by_pid: dict[int, list[dict[str, Any]]] = {}
     for a in answers:
         assert a["status"] == 200 and a["reply"] == "+PONG", a
-        assert a["pid"] != os.getpid(), a
-        assert a["pool_pid"] == a["pid"] and a["pool"] == f"ping-pid{a['pid']}", a
-        pools.setdefault(a["pid"], set()).add(a["pool_id"])
-    return pools
+        assert a["pid"] != os.getpid() and a["pool"] == "ping", a
+        assert a["created"] >= 1 and a["open"] <= POOL_SIZE, a  # it opened them, no more
+        by_pid.setdefault(a["pid"], []).append(a)
+    return by_pid
 
 
-def test_gunicorn_workers_create_their_own_pool_on_first_request(
+def test_gunicorn_preload_master_never_connects_and_workers_open_their_own_pools(
     gunicorn: Callable[..., Gunicorn], server: PingServer
 ) -> None:
     g = gunicorn()
-    g.wait_serving()
+    g.wait_listening()
+    # Imported by the master, forked into two workers, no request yet: nobody connected.
+    assert server.accepted == 0, g.output()
     answers = g.query(30)
-    pools = assert_answers_from_own_pools(answers)
-    assert set(pools) <= g.workers(), "answers came from processes that are not workers"
-    assert all(len(ids) == 1 for ids in pools.values()), f"a worker made two pools: {pools}"
-    # each worker that served opened a pool of its own size, not one shared with the others
-    wait_until(lambda: server.active == POOL_SIZE * len(pools), 10, "each pool to fill")
+    by_pid = answers_by_worker(answers)
+    assert set(by_pid) <= g.workers(), "answers came from processes that are not workers"
+    # each worker that served opened a pool of its own size; the master none
+    wait_until(lambda: server.active == POOL_SIZE * len(by_pid), 10, "each pool to fill")
     assert g.stop() == 0, g.output()
 
 
@@ -235,16 +263,16 @@ def test_gunicorn_post_worker_init_opens_a_pool_in_each_worker(
     gunicorn: Callable[..., Gunicorn], server: PingServer
 ) -> None:
     g = gunicorn("-c", "python:examples.gunicorn_app")
-    # before any request: both workers have opened a pool of their own
-    wait_until(lambda: server.active == 2 * POOL_SIZE, 30, "both workers' pools")
-    created = re.findall(r"worker (\d+): pool 'ping-pid(\d+)' created", g.output())
-    assert len(created) == 2 and all(pid == name for pid, name in created), g.output()
-    assert {int(pid) for pid, _ in created} == g.workers()
+    # before any request: both workers have opened a pool of their own, the master none
+    g.wait_for(lambda: server.active == 2 * POOL_SIZE, "both workers' pools")
+    opened = re.findall(r"worker (\d+): pool 'ping' open \((\d+) connections\)", g.output())
+    assert {int(pid) for pid, _ in opened} == g.workers(), g.output()
+    assert all(int(n) == POOL_SIZE for _, n in opened), g.output()
     g.wait_serving()
     answers = g.query(30)
-    pools = assert_answers_from_own_pools(answers)
+    answers_by_worker(answers)
     assert all(a["open"] == POOL_SIZE for a in answers), answers  # its own pool, not both
-    assert all(len(ids) == 1 for ids in pools.values()), f"a worker made two pools: {pools}"
+    assert server.active == 2 * POOL_SIZE  # no third pool: the master's stayed closed
     assert g.stop() == 0, g.output()
 
 
@@ -252,12 +280,59 @@ def test_gunicorn_worker_exit_closes_each_workers_pool(
     gunicorn: Callable[..., Gunicorn], server: PingServer
 ) -> None:
     g = gunicorn("-c", "python:examples.gunicorn_app")
-    wait_until(lambda: server.active == 2 * POOL_SIZE, 30, "both workers' pools")
+    g.wait_for(lambda: server.active == 2 * POOL_SIZE, "both workers' pools")
     workers = g.workers()
     assert g.stop() == 0, g.output()
-    closed = re.findall(r"worker (\d+): pool 'ping-pid(\d+)' closed", g.output())
-    assert {int(pid) for pid, _ in closed} == workers, g.output()
-    assert all(pid == name for pid, name in closed), g.output()
+    closed = re.findall(r"worker (\d+): pool 'ping' closed", g.output())
+    assert {int(pid) for pid in closed} == workers, g.output()
+
+
+# ------------------------------------------------------------------ what an example needs
+
+
+@pytest.mark.parametrize("name", example_names())
+def test_example_says_what_it_needs(name: str) -> None:
+    doc = (EXAMPLES / name).read_text().split('"""')[1]
+    assert "Needs:" in doc, f"{name}: its docstring does not say what it needs"
+
+
+@pytest.mark.parametrize("name", example_names())
+def test_example_without_its_server_exits_with_one_line_naming_the_command(name: str) -> None:
+    port = free_port()
+    code, out, err = run_example(name, "--port", str(port))
+    assert code != 0, out + err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"error: no PING server at 127.0.0.1:{port}"), err
+    assert f"redis-server --port {port}" in lines[0], err
+
+
+BLOCK_GUNICORN = """
+import importlib.abc, runpy, sys
+
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "gunicorn":
+            raise ModuleNotFoundError("No module named 'gunicorn'", name="gunicorn")
+        return None
+
+sys.meta_path.insert(0, Blocker())
+sys.argv = [sys.argv[1]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_gunicorn_example_without_gunicorn_names_the_install_command() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", BLOCK_GUNICORN, str(EXAMPLES / "gunicorn_app.py")],
+        cwd=EXAMPLES,
+        capture_output=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+    err = proc.stderr.decode()
+    assert proc.returncode != 0 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: this example needs gunicorn") and "pip install gunicorn" in err
 
 
 # ------------------------------------------------------------------ found while writing examples

@@ -3,3 +3,5 @@
 Each integration is its own module, imported on demand, so that the core keeps depending on
 gevent and greenlet only: ``geventconnpool.contrib.tcp``, ``.redis``, ``.dbapi``, ``.thrift``.
 """
+
+__all__: list[str] = []

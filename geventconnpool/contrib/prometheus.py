@@ -43,6 +43,13 @@ import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+try:  # the `prometheus` extra: an ImportError that says how to install it
+    import prometheus_client  # noqa: F401
+except ImportError as exc:
+    from ._extras import missing_extra
+
+    raise missing_extra("prometheus_client", "prometheus", __name__, exc) from exc
+
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,

@@ -23,6 +23,14 @@ from collections.abc import Callable
 from typing import Any
 
 import gevent
+
+try:  # the `thrift` extra: an ImportError that says how to install it
+    import thriftpy2  # noqa: F401
+except ImportError as exc:
+    from ._extras import missing_extra
+
+    raise missing_extra("thriftpy2", "thrift", __name__, exc) from exc
+
 from thriftpy2.protocol import TBinaryProtocolFactory
 from thriftpy2.protocol.exc import TProtocolException
 from thriftpy2.thrift import TApplicationException, TClient

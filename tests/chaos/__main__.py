@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = args.seconds or (3.0 if args.quick else 20.0)
     policy = RequestPolicy()
     command = "python -m tests.chaos" + (" " + " ".join(sys.argv[1:]) if argv is None else "")
+    began = time.monotonic()
     report = Report(
         command.strip(),
         args.quick,
@@ -94,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     full = not args.quick and parts == set(PARTS) and args.scenario is None
     stem = "chaos-latest" if full else "chaos-quick" if args.quick else "chaos-partial"
     docs = None if args.no_docs or not full else ROOT / "docs" / "reliability.rst"
-    for path in write(report, args.report_dir, stem, docs):
+    readme = None if args.no_docs or not full else ROOT / "README.rst"
+    report.seconds = time.monotonic() - began
+    for path in write(report, args.report_dir, stem, docs, readme):
         _say(f"wrote {path}")
     failures = report.failures()
     for failure in failures:

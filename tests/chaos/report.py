@@ -26,6 +26,8 @@ from .soak import SoakResult
 
 DOCS_START = ".. chaos-figures-start"
 DOCS_END = ".. chaos-figures-end"
+README_START = ".. chaos-summary-start"
+README_END = ".. chaos-summary-end"
 Table = tuple[str, list[str], list[list[str]], list[str]]  # title, head, rows, notes
 
 
@@ -42,6 +44,7 @@ class Report:
     known: dict[str, str] = field(default_factory=dict)  # contract case@T -> the known bug
     soak: SoakResult | None = None
     budget: list[BudgetRun] = field(default_factory=list)  # plain @retry, then with a budget
+    seconds: float = 0.0  # the whole run, wall clock
     environment: dict[str, str] = field(default_factory=dict)
 
     def failures(self) -> list[str]:
@@ -59,6 +62,7 @@ class Report:
         return {
             "command": self.command,
             "quick": self.quick,
+            "seconds": round(self.seconds, 1),
             "environment": self.environment,
             "settings": self.settings,
             "scenarios": [r.as_dict() for r in self.scenarios],
@@ -221,18 +225,69 @@ def rst_figures(report: Report) -> str:
     return "\n".join([*out, DOCS_END])
 
 
-def write(report: Report, directory: Path, stem: str, docs: Path | None) -> list[Path]:
-    """Write ``<stem>.md`` and ``<stem>.json`` (and the figures into ``docs``); return paths."""
+def readme_summary(data: dict[str, Any]) -> str:
+    """The README's few lines about the latest full run, from its JSON report (``as_dict()``):
+    the one place the README states chaos figures, so they cannot disagree with the report."""
+    env, scenarios, soak = data["environment"], data["scenarios"], data.get("soak")
+    passed = sum(1 for s in scenarios if s["passed"])
+    recoveries = [s["recovery_s"] for s in scenarios if s.get("recovery_s") is not None]
+    lines = [
+        README_START,
+        "",
+        f"Latest run: ``{data['command']}``, {env['date']}, commit {env['commit']}, Python "
+        f"{env['python']}, gevent {env['gevent']}, greenlet {env.get('greenlet', '?')}"
+        + (f", {data['seconds']:.0f} s in all" if data.get("seconds") else "")
+        + ".",
+        "",
+        f"- chaos: {passed} of {len(scenarios)} scenarios passed; requests hung: "
+        f"{sum(s['hung'] for s in scenarios)}; peak connections above ``max_size``: "
+        f"{sum(max(s['peak_open'], s['peak_sockets']) > s['max_size'] for s in scenarios)}; "
+        f"descriptors leaked: {sum(s['fds_end'] != s['fds_start'] for s in scenarios)}; "
+        f"slowest return to a full pool after a fault: {max(recoveries, default=0) * 1000:.0f} ms.",
+    ]
+    if data.get("contract"):
+        worst = max(c["max_s"] - c["timeout"] for c in data["contract"])
+        lines.append(
+            f"- backend down: {len(data['contract'])} cases, slowest ``get(timeout=T)`` ended "
+            f"T + {worst * 1000:.0f} ms after it was called."
+        )
+    if soak is not None:
+        faults = sum(soak["faults"].values())
+        held = sum(1 for i in soak["identities"] if i.get("holds", i.get("passed")))
+        lines.append(
+            f"- soak: {soak['checkouts']:,} checkouts in {soak['seconds']:.0f} s with {faults} "
+            f"random faults; {held} of {len(soak['identities'])} counter identities hold; "
+            f"descriptors {soak['fds_start']} at the start, {soak['fds_end']} at the end; "
+            f"{'pass' if soak['passed'] else 'FAIL'}."
+        )
+    return "\n".join([*lines, "", README_END])
+
+
+def replace_between(path: Path, start: str, end: str, block: str) -> bool:
+    """Replace the text from the ``start`` marker to the ``end`` marker in ``path``."""
+    text = path.read_text()
+    i, j = text.find(start), text.find(end)
+    if i < 0 or j < i:
+        print(f"{path}: no {start} / {end} markers; figures not written", file=sys.stderr)
+        return False
+    path.write_text(text[:i] + block + text[j + len(end) :])
+    return True
+
+
+def write(
+    report: Report, directory: Path, stem: str, docs: Path | None, readme: Path | None = None
+) -> list[Path]:
+    """Write ``<stem>.md`` and ``<stem>.json`` (the figures into ``docs``, the summary into
+    ``readme``); return the paths written."""
     directory.mkdir(parents=True, exist_ok=True)
     md, js = directory / f"{stem}.md", directory / f"{stem}.json"
     md.write_text(markdown(report))
     js.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
-    if docs is None or not docs.exists():
-        return [md, js]
-    text = docs.read_text()
-    start, end = text.find(DOCS_START), text.find(DOCS_END)
-    if not 0 <= start < end:
-        print(f"{docs}: no {DOCS_START} / {DOCS_END} markers; figures not written", file=sys.stderr)
-        return [md, js]
-    docs.write_text(text[:start] + rst_figures(report) + text[end + len(DOCS_END) :])
-    return [md, js, docs]
+    written = [md, js]
+    if docs is not None and docs.exists():
+        if replace_between(docs, DOCS_START, DOCS_END, rst_figures(report)):
+            written.append(docs)
+    if readme is not None and readme.exists():
+        if replace_between(readme, README_START, README_END, readme_summary(report.as_dict())):
+            written.append(readme)
+    return written
