@@ -31,7 +31,7 @@ def make_dbapi_pool(dsn: str, **pool_options: Any) -> Any:
     from geventconnpool.contrib.dbapi import DbApiPool
 
     psycogreen.gevent.patch_psycopg()
-    return DbApiPool(psycopg2.connect, dsn, pool_options=pool_options)
+    return DbApiPool(psycopg2.connect, dsn, **pool_options)
 
 
 def child(dsn: str, size: int, seconds: float) -> dict[str, Any]:
