@@ -7,13 +7,18 @@ is reported as such and re-raised.
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 import traceback
 from typing import Any, Protocol, TypeVar
 
 import gevent
 
+from ._log import RateLimitedLog
+from ._maintenance import Scheduler
 from ._records import Attempt, Conn
+from ._state import Plan, PoolState
 from .errors import PoolError
 
 C = TypeVar("C")
@@ -29,13 +34,15 @@ class Owner(Protocol[C]):
     def _on_connect(self, conn: C) -> None: ...
     def _keepalive(self, conn: C) -> None: ...
     def _close_quietly(self, conn: C) -> None: ...
-    def _connect_finished(
-        self, attempt: Attempt, conn: C | None, error: BaseException | None
-    ) -> None: ...
-    def _connect_abandoned(self, attempt: Attempt, conn: C | None) -> None: ...
-    def _ping_finished(
-        self, rec: Conn[C], reason: str | None, error: BaseException | None
-    ) -> None: ...
+    def _call_on_discard(self, conn: C, reason: str) -> None: ...
+    def _forget_connection(self, conn: C) -> None: ...
+    def _apply(self, plan: Plan[C]) -> None: ...
+
+    name: str
+    _state: PoolState[C]
+    _log: logging.Logger
+    _limited_log: RateLimitedLog
+    _maint: Scheduler
 
 
 def start_timer(seconds: float | None) -> gevent.Timeout:
@@ -55,25 +62,25 @@ def connect(pool: Owner[Any], attempt: Attempt) -> None:
         if conn is None:
             raise PoolError("_new_connection() returned None")
         if attempt.pid != os.getpid():  # the process forked meanwhile: the parent's socket
-            pool._connect_abandoned(attempt, conn)
+            abandoned(pool, attempt, conn)
             return
         pool._on_connect(conn)
     except gevent.Timeout as t:
         if t is not timer:
-            pool._connect_abandoned(attempt, conn)
+            abandoned(pool, attempt, conn)
             raise
         error = TimeoutError(f"connect timed out after {pool.connect_timeout}s")
     except Exception as e:
         error = without_frames(e)
     except BaseException:  # killed by close() or a fork: the attempt just ends
-        pool._connect_abandoned(attempt, conn)
+        abandoned(pool, attempt, conn)
         raise
     finally:
         timer.close()
     if error is not None and conn is not None:
         pool._close_quietly(conn)  # _on_connect failed on an open connection
         conn = None
-    pool._connect_finished(attempt, conn, error)
+    finished(pool, attempt, conn, error)
 
 
 def ping(pool: Owner[Any], rec: Conn[Any]) -> None:
@@ -85,17 +92,55 @@ def ping(pool: Owner[Any], rec: Conn[Any]) -> None:
         pool._keepalive(rec.conn)
     except gevent.Timeout as t:
         if t is not timer:
-            pool._ping_finished(rec, "interrupted", None)
+            pinged(pool, rec, "interrupted", None)
             raise
         reason, error = "keepalive", TimeoutError(f"keepalive timed out after {t.seconds}s")
     except Exception as e:
         reason, error = "keepalive", without_frames(e)
     except BaseException:
-        pool._ping_finished(rec, "interrupted", None)
+        pinged(pool, rec, "interrupted", None)
         raise
     finally:
         timer.close()
-    pool._ping_finished(rec, reason, error)
+    pinged(pool, rec, reason, error)
+
+
+def finished(pool: Owner[C], attempt: Attempt, conn: C | None, error: BaseException | None) -> None:
+    """Report a connect's end to the state; close or forget a connection it does not keep."""
+    outcome, plan = pool._state.connect_done(attempt, conn, error, time.monotonic())
+    if outcome == "forget" and conn is not None:
+        pool._forget_connection(conn)
+    elif outcome not in ("keep", "failed", "forget") and conn is not None:
+        pool._close_quietly(conn)
+        pool._call_on_discard(conn, outcome)
+    pool._apply(plan)
+    pool._maint.wake()
+
+
+def abandoned(pool: Owner[C], attempt: Attempt, conn: C | None) -> None:
+    """A connect was interrupted (a kill, a fork): free its slot, drop what it opened."""
+    if conn is not None:
+        if attempt.pid == os.getpid():
+            pool._close_quietly(conn)
+        else:
+            pool._forget_connection(conn)
+    pool._apply(pool._state.connect_abandoned(attempt, time.monotonic()))
+    pool._maint.wake()
+
+
+def pinged(pool: Owner[C], rec: Conn[C], reason: str | None, error: BaseException | None) -> None:
+    """Report a keepalive's end; a routine failure is one rate-limited line, a bug a traceback."""
+    if isinstance(error, (*pool.exc_classes, TimeoutError)):
+        pool._limited_log.log(
+            logging.INFO, "keepalive", "pool %r: keepalive found connection #%d broken (%r); "
+            "replacing it", pool.name, rec.id, error,
+        )  # fmt: skip
+    elif error is not None:
+        pool._log.error(
+            "pool %r: _keepalive raised on connection #%d; replacing it", pool.name, rec.id,
+            exc_info=error,
+        )  # fmt: skip
+    pool._apply(pool._state.ping_done(rec, time.monotonic(), reason))
 
 
 def without_frames(error: BaseException) -> BaseException:

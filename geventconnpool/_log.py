@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
+from typing import Any
+
+from ._records import greenlet_label
 
 LOGGER = logging.getLogger("geventconnpool")
 
@@ -69,3 +73,54 @@ class RateLimitedLog:
         """Forget ``key``, so that its next message is logged at once."""
         self._last.pop(key, None)
         self._suppressed.pop(key, None)
+
+
+def log_event(
+    log: logging.Logger,
+    limited: RateLimitedLog,
+    name: str,
+    event: str,
+    streak: int,
+    error: object,
+    next_in: float,
+) -> None:
+    """Log what the state reported: a failed connect, the backend down or back."""
+    if event == "failed":
+        limited.log(
+            logging.WARNING, "connect",
+            "pool %r: connect failed (%d in a row; next attempt in %.2fs): %r",
+            name, streak, next_in, error,
+        )  # fmt: skip
+    elif event == "down":
+        log.warning(
+            "pool %r: backend considered down after %d failed connects: %r", name, streak, error
+        )
+    elif event == "up":
+        log.info("pool %r: backend is back, a connect succeeded", name)
+        limited.reset("connect")
+
+
+def warn_held(log: logging.Logger, name: str, rec: Any, limit: float | None) -> None:
+    """A connection held past leak_timeout: who holds it, and where it was taken."""
+    holder = rec.holder
+    where = "".join(rec.taken_at or ())
+    if not where and holder is not None and holder.gr_frame is not None:
+        where = "".join(traceback.format_stack(holder.gr_frame))
+    log.warning(
+        "pool %r: connection #%d held by %s for %.1fs (leak_timeout=%ss); taken at:\n%s",
+        name, rec.id, greenlet_label(holder), time.monotonic() - rec.acquired_at, limit, where,
+    )  # fmt: skip
+
+
+def warn_collected(log: logging.Logger, name: str, rec: Any, holder: Any) -> None:
+    """A get() context was garbage-collected while entered: its connection was leaked."""
+    taken = (
+        "; taken at:\n" + "".join(rec.taken_at)
+        if rec.taken_at
+        else " (set leak_timeout to record where connections are taken)"
+    )
+    log.warning(
+        "pool %r: connection #%d was taken by %s and its get() context was garbage-collected "
+        "without being exited; use `with pool.get() as conn:`%s",
+        name, rec.id, greenlet_label(holder), taken,
+    )  # fmt: skip

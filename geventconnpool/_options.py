@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ._hooks import Hooks
 from .errors import DEFAULT_EXC_CLASSES
 
 #: Longest duration any option accepts (about 31 years); larger values overflow gevent's timers.
@@ -156,3 +157,43 @@ def check_sizes(size: Any, min_size: Any, max_size: Any) -> tuple[int, int]:
     if lo > hi:
         raise ValueError(f"min_size ({lo}) must not exceed max_size ({hi})")
     return lo, hi
+
+
+def configure(pool: Any, size: Any, given: dict[str, Any]) -> None:
+    """Validate every option of ``pool`` (argument, else class attribute) and set it."""
+    cls = type(pool)
+    for opt in OPTIONS:
+        value = given[opt.name] if opt.name in given else getattr(cls, opt.name, opt.default)
+        object.__setattr__(pool, opt.name, opt.check(opt.name, value))
+    if size is None and getattr(cls, "size", None) is not None:
+        size = cls.size  # a subclass's `size = 10`
+    lo, hi = check_sizes(size, pool.min_size, pool.max_size)
+    for key, value in (("min_size", lo), ("max_size", hi), ("size", hi)):
+        object.__setattr__(pool, key, value)
+    if pool.name is None:
+        object.__setattr__(pool, "name", pool._default_name())
+    check_seconds("SPAWN_FREQUENCY", pool.SPAWN_FREQUENCY, optional=False)
+    if pool.keepalive is not None and cls._keepalive is Hooks._keepalive:
+        raise TypeError(
+            f"keepalive={pool.keepalive} needs a _keepalive(conn) method: implement it in "
+            f"{cls.__name__}, or leave keepalive=None"
+        )
+
+
+def assign(pool: Any, name: str, value: Any) -> bool:
+    """An option assigned on a live pool: sizes resize it, live options are checked and set,
+    the others raise AttributeError. False: ``name`` is not an option."""
+    if name in ("size", "min_size", "max_size"):
+        sizes = {"min_size": value, "max_size": value} if name == "size" else {name: value}
+        pool.resize(**sizes)
+        return True
+    opt = BY_NAME.get(name)
+    if opt is None:
+        return False
+    if not opt.live:
+        raise AttributeError(
+            f"{name} cannot be changed on a pool that exists; pass {name}= to the "
+            f"constructor or set it as a class attribute of {type(pool).__name__}"
+        )
+    object.__setattr__(pool, name, opt.check(name, value))
+    return True

@@ -26,8 +26,8 @@ from collections.abc import Iterator
 from typing import Any, Generic, TypeVar
 
 from ._backoff import delay as backoff_delay
-from ._records import INF, Attempt, Conn, Waiter
-from .stats import Counters
+from ._records import INF, Attempt, Conn, Waiter, describe, greenlet_label
+from .stats import ConnectionInfo, Counters, Discarded, PoolDump, PoolStats, WaiterInfo
 
 C = TypeVar("C")
 
@@ -67,6 +67,19 @@ class Policy:
             setattr(self, name, values.pop(name))
         if values:
             raise TypeError(f"unknown policy values: {sorted(values)}")
+
+    @classmethod
+    def of(cls, pool: Any) -> Policy:
+        """The policy of a pool, from its validated options."""
+        names = set(cls.__slots__) - {"check_after", "reconnect_delay", "spawn_frequency"}
+        values = {name: getattr(pool, name) for name in names}
+        check, reconnect = pool.check_idle_after, pool.reconnect_delay
+        return cls(
+            check_after=INF if check is None else check,
+            reconnect_delay=pool.SPAWN_FREQUENCY if reconnect is None else reconnect,
+            spawn_frequency=pool.SPAWN_FREQUENCY,
+            **values,
+        )
 
     check_after: float  # seconds a connection is handed out unchecked (inf: never checked)
     fail_fast: bool
@@ -184,6 +197,51 @@ class PoolState(Generic[C]):
     def ready(self) -> bool:
         """min_size connections are open (wait_ready())."""
         return len(self.idle) + len(self.held) + len(self.pinging) >= self.min
+
+    def snapshot(self, name: str) -> PoolStats:
+        """``stats()``: the state and the counters, in O(1)."""
+        c = self.counters
+        return PoolStats(
+            name=name,
+            open=self.open_count,
+            idle=len(self.idle),
+            in_use=len(self.held) + len(self.pinging),
+            connecting=len(self.connecting),
+            waiting=self.waiting,
+            min_size=self.min,
+            max_size=self.max,
+            available=not self.down,
+            closed=self.closed,
+            checking=len(self.pinging),
+            acquired=c.acquired,
+            created=c.created,
+            connect_failures=c.connect_failures,
+            timeouts=c.timeouts,
+            exhausted=c.exhausted,
+            unavailable=c.unavailable,
+            discarded=Discarded(**c.discarded),
+            wait_seconds_total=c.wait_seconds,
+            wait_seconds_max=c.wait_max,
+            use_seconds_total=c.use_seconds,
+            connect_seconds_total=c.connect_seconds,
+            returned=c.returned,
+        )
+
+    def dump(self, name: str, now: float) -> PoolDump:
+        """``dump()``: every connection and waiter, warmest idle connection first."""
+        conns = [describe(rec, "idle", now) for rec in reversed(self.idle)]
+        conns += [describe(rec, "in_use", now) for rec in self.held]
+        conns += [describe(rec, "keepalive", now) for rec in self.pinging]
+        conns += [
+            ConnectionInfo(id=0, state="connecting", age=now - a.started_at, idle_for=None, uses=0)
+            for a in self.connecting
+        ]
+        waiters = [
+            WaiterInfo(greenlet_label(w.greenlet) or "?", now - w.since)
+            for w in self.waiters
+            if not w.gone
+        ]
+        return PoolDump(self.snapshot(name), tuple(conns), tuple(waiters))
 
     # ------------------------------------------------------------------ the hot path
     def take(self, now: float) -> Conn[C] | None:

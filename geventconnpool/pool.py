@@ -22,22 +22,26 @@ from gevent.hub import get_hub
 from greenlet import getcurrent
 
 from . import _connector, _fork
-from ._log import RateLimitedLog, pool_logger
+from ._hooks import Hooks
+from ._log import RateLimitedLog, log_event, pool_logger, warn_collected, warn_held
 from ._maintenance import Scheduler
-from ._options import BY_NAME, OPTIONS, check_seconds, check_sizes
-from ._probe import socket_is_quiet
-from ._records import Attempt, Conn, Waiter, describe, greenlet_label
-from ._state import HANDOFF, SLOW, Marker, Plan, Policy, PoolState
+from ._messages import (
+    cause,
+    closed_message,
+    not_ready_error,
+    refusal_error,
+    state_text,
+    timeout_error,
+)
+from ._options import BY_NAME, OPTIONS, assign, check_seconds, check_sizes, configure
+from ._records import Conn, Waiter
+from ._state import HANDOFF, SLOW, Plan, Policy, PoolState
 from .errors import (
     DEFAULT_EXC_CLASSES,
     PoolClosed,
-    PoolError,
-    PoolExhausted,
-    PoolTimeout,
-    PoolUnavailable,
 )
 from .retry import retry
-from .stats import ConnectionInfo, Discarded, PoolDump, PoolStats, WaiterInfo
+from .stats import PoolDump, PoolStats
 
 __all__ = ["DEFAULT_EXC_CLASSES", "ConnectionPool", "retry"]
 
@@ -105,7 +109,7 @@ class _Checkout(Generic[C]):
             self._pool._reclaim_leaked(rec)
 
 
-class ConnectionPool(Generic[C]):
+class ConnectionPool(Hooks[C]):
     """A pool of connections for gevent; subclass it and implement :meth:`_new_connection`.
 
     ``ConnectionPool(size)`` keeps ``size`` connections open, as in 0.2.1; every other option is a
@@ -168,12 +172,12 @@ class ConnectionPool(Generic[C]):
         open: bool = True,
     ) -> None:
         given = {k: v for k, v in locals().items() if k in BY_NAME and v is not _UNSET}
-        self._configure(size, given)  # validates everything before any state or greenlet exists
+        configure(self, size, given)  # validates everything before any state or greenlet exists
         if not isinstance(open, bool):
             raise TypeError(f"open must be True or False, not {type(open).__name__}")
         self._log = pool_logger(self.name)
         self._limited_log = RateLimitedLog(self._log)
-        self._state: PoolState[C] = PoolState(self.min_size, self.max_size, self._policy(), 0)
+        self._state: PoolState[C] = PoolState(self.min_size, self.max_size, Policy.of(self), 0)
         self._state.pid = _getpid()
         cls = type(self)
         self._has_on_acquire = cls._on_acquire is not ConnectionPool._on_acquire
@@ -191,122 +195,16 @@ class ConnectionPool(Generic[C]):
         if open:
             self.open()
 
-    def _configure(self, size: Any, given: dict[str, Any]) -> None:
-        """Validate and set every option (argument, else class attribute) before any state."""
-        cls = type(self)
-        for opt in OPTIONS:
-            value = given[opt.name] if opt.name in given else getattr(cls, opt.name, opt.default)
-            object.__setattr__(self, opt.name, opt.check(opt.name, value))
-        if size is None and getattr(cls, "size", None) is not None:
-            size = cls.size  # a subclass's `size = 10`
-        lo, hi = check_sizes(size, self.min_size, self.max_size)
-        object.__setattr__(self, "min_size", lo)
-        object.__setattr__(self, "max_size", hi)
-        object.__setattr__(self, "size", hi)
-        if self.name is None:
-            object.__setattr__(self, "name", self._default_name())
-        check_seconds("SPAWN_FREQUENCY", self.SPAWN_FREQUENCY, optional=False)
-        if self.keepalive is not None and cls._keepalive is ConnectionPool._keepalive:
-            raise TypeError(
-                f"keepalive={self.keepalive} needs a _keepalive(conn) method: implement it in "
-                f"{cls.__name__}, or leave keepalive=None"
-            )
-
     def _default_name(self) -> str:
         """The pool's name when none is given; ready-made pools derive it from their address."""
         return f"pool-{next(_pool_numbers)}"
 
-    def _policy(self) -> Policy:
-        """The options the state applies, as the state wants them."""
-        reconnect = self.reconnect_delay
-        return Policy(
-            check_after=float("inf") if self.check_idle_after is None else self.check_idle_after,
-            fail_fast=self.fail_fast,
-            fail_fast_after=self.fail_fast_after,
-            fair_after=self.fair_after,
-            keepalive=self.keepalive,
-            keepalive_jitter=self.keepalive_jitter,
-            leak_timeout=self.leak_timeout,
-            lifetime_jitter=self.lifetime_jitter,
-            lifo=self.lifo,
-            max_connecting=self.max_connecting,
-            max_idle=self.max_idle,
-            max_lifetime=self.max_lifetime,
-            max_waiting=self.max_waiting,
-            reconnect_delay=self.SPAWN_FREQUENCY if reconnect is None else reconnect,
-            reconnect_max_delay=self.reconnect_max_delay,
-            spawn_frequency=self.SPAWN_FREQUENCY,
-        )
-
     def __setattr__(self, name: str, value: Any) -> None:
         """Options assigned on a pool: sizes resize it, live ones apply, others are refused."""
-        opt = BY_NAME.get(name) if name != "size" else BY_NAME["max_size"]
-        if opt is None or "_state" not in self.__dict__:
+        if "_state" not in self.__dict__ or not assign(self, name, value):
             object.__setattr__(self, name, value)
-        elif name in ("size", "min_size", "max_size"):
-            sizes = {"min_size": value, "max_size": value} if name == "size" else {name: value}
-            self.resize(**sizes)
-        elif opt.live:
-            object.__setattr__(self, name, opt.check(name, value))
-            self._state.configure(self._policy())
-        else:
-            raise AttributeError(
-                f"{name} cannot be changed on a pool that exists; pass {name}= to the "
-                f"constructor or set it as a class attribute of {type(self).__name__}"
-            )
-
-    # ------------------------------------------------------------------ hooks
-    def _new_connection(self) -> C:
-        """Open and return a new connection; raising, or returning None, is a failed attempt."""
-        raise NotImplementedError(
-            f"{type(self).__name__} must implement _new_connection() to open a connection"
-        )
-
-    def _keepalive(self, conn: C) -> None:
-        """Application-level keepalive (a PING); raise one of ``exc_classes`` if it is broken."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement _keepalive(conn)")
-
-    def _check(self, conn: C) -> bool:
-        """Checkout check for a connection idle longer than ``check_idle_after``.
-
-        The default costs no round trip: a socket-like connection (with ``fileno()``) that is
-        readable while idle has been closed or reset by its peer, or holds bytes nobody asked for,
-        and is dead; nothing is read from it. Return False or raise to discard the connection.
-        """
-        fileno = getattr(conn, "fileno", None)
-        return True if fileno is None else socket_is_quiet(fileno())
-
-    def _close_connection(self, conn: C) -> None:
-        """Close a connection the pool discards; the default calls ``conn.close()`` if it exists."""
-        close = getattr(conn, "close", None)
-        if close is not None:
-            close()
-
-    def _forget_connection(self, conn: C) -> None:
-        """In a forked child: drop a connection inherited from the parent without disturbing it.
-
-        Only this process's file descriptor is closed, so the parent's TCP (and TLS) session goes
-        on; the object itself is kept alive so no finaliser can later close a reused descriptor.
-        """
-        _fork.forget(conn)
-
-    def _on_connect(self, conn: C) -> None:
-        """Called once on a new connection, before its first use (session setup); raise to fail."""
-
-    def _on_acquire(self, conn: C) -> bool | None:
-        """Called before a hand-out; raising or returning False discards it and tries the next."""
-        return None
-
-    def _on_release(self, conn: C) -> bool | None:
-        """Called on return (reset state); raising or returning False discards the connection."""
-        return None
-
-    def _on_discard(self, conn: C, reason: str) -> None:
-        """Called after the pool closed a connection, with the reason (a field of Discarded)."""
-
-    def _is_disconnect(self, exc: BaseException) -> bool:
-        """True when ``exc``, raised inside ``with pool.get()``, means the connection is broken."""
-        return isinstance(exc, self.exc_classes) and not isinstance(exc, PoolError)
+        elif name in BY_NAME:
+            self._state.configure(Policy.of(self))
 
     # ------------------------------------------------------------------ public API
     def get(self, timeout: float | None = _UNSET) -> _Checkout[C]:
@@ -331,7 +229,7 @@ class ConnectionPool(Generic[C]):
         self._check_fork()
         state = self._state
         if state.closed:
-            raise PoolClosed(self._closed_message())
+            raise PoolClosed(closed_message(self.name))
         if state.opened:
             return
         _fork.register(self)
@@ -377,7 +275,7 @@ class ConnectionPool(Generic[C]):
             state.max if max_size is None else max_size,
         )
         if state.closed:
-            raise PoolClosed(self._closed_message())
+            raise PoolClosed(closed_message(self.name))
         for key, value in (("min_size", lo), ("max_size", hi), ("size", hi)):
             object.__setattr__(self, key, value)
         self._apply(state.resize(lo, hi, _monotonic()))
@@ -396,16 +294,12 @@ class ConnectionPool(Generic[C]):
         self._ready.append(event)
         try:
             if not event.wait(timeout):
-                open_now = state.open_count - len(state.connecting)
-                raise PoolTimeout(
-                    f"pool {self.name!r}: {open_now} of min_size={state.min} "
-                    f"connections open after {timeout}s ({self._state_text()})"
-                ) from state.last_error
+                raise not_ready_error(self.name, state, timeout) from state.last_error
         finally:
             if event in self._ready:
                 self._ready.remove(event)
         if state.closed:
-            raise PoolClosed(self._closed_message())
+            raise PoolClosed(closed_message(self.name))
 
     def invalidate(self) -> None:
         """Replace every connection: idle ones close now, in-use ones when they come back.
@@ -420,60 +314,16 @@ class ConnectionPool(Generic[C]):
 
     def stats(self) -> PoolStats:
         """An immutable snapshot of the pool's state and counters, in O(1)."""
-        s = self._state
-        c = s.counters
-        return PoolStats(
-            name=self.name,
-            open=s.open_count,
-            idle=len(s.idle),
-            in_use=len(s.held) + len(s.pinging),
-            connecting=len(s.connecting),
-            waiting=s.waiting,
-            min_size=s.min,
-            max_size=s.max,
-            available=not s.down,
-            closed=s.closed,
-            checking=len(s.pinging),
-            acquired=c.acquired,
-            created=c.created,
-            connect_failures=c.connect_failures,
-            timeouts=c.timeouts,
-            exhausted=c.exhausted,
-            unavailable=c.unavailable,
-            discarded=Discarded(**c.discarded),
-            wait_seconds_total=c.wait_seconds,
-            wait_seconds_max=c.wait_max,
-            use_seconds_total=c.use_seconds,
-            connect_seconds_total=c.connect_seconds,
-            returned=c.returned,
-        )
+        return self._state.snapshot(self.name)
 
     def dump(self) -> PoolDump:
         """Every connection and waiter with its state and times; ``print(pool.dump())``."""
-        now = _monotonic()
-        s = self._state
-        conns = [describe(rec, "idle", now) for rec in reversed(s.idle)]
-        conns += [describe(rec, "in_use", now) for rec in s.held]
-        conns += [describe(rec, "keepalive", now) for rec in s.pinging]
-        conns += [
-            ConnectionInfo(id=0, state="connecting", age=now - a.started_at, idle_for=None, uses=0)
-            for a in s.connecting
-        ]
-        waiters = [
-            WaiterInfo(greenlet_label(w.greenlet) or "?", now - w.since)
-            for w in s.waiters
-            if not w.gone
-        ]
-        return PoolDump(self.stats(), tuple(conns), tuple(waiters))
+        return self._state.dump(self.name, _monotonic())
 
     def __repr__(self) -> str:
         closed = " closed" if self._state.closed else ""
-        s = self._state
-        return (
-            f"<{type(self).__name__} {self.name!r}{closed} open={s.open_count} "
-            f"idle={len(s.idle)} in_use={len(s.held) + len(s.pinging)} "
-            f"connecting={len(s.connecting)} waiting={s.waiting}>"
-        )
+        text = state_text(self._state).rsplit(" max=", 1)[0]
+        return f"<{type(self).__name__} {self.name!r}{closed} {text}>"
 
     # ------------------------------------------------------------------ get() and release
     def _acquire_slow(self, timeout: float | None, start: float) -> Conn[C]:
@@ -492,7 +342,7 @@ class ConnectionPool(Generic[C]):
         except gevent.Timeout as t:
             if timer is None or t is not timer:
                 raise
-            raise self._timeout_error(timeout) from self._cause()
+            raise timeout_error(self.name, self._state, timeout) from cause(self._state)
         finally:
             if timer is not None:
                 timer.close()
@@ -507,8 +357,8 @@ class ConnectionPool(Generic[C]):
         if refusal is not None or timeout == 0:
             self._apply(state.no_wait(_monotonic()))  # a connect for the next caller
             if refusal is None:
-                raise self._timeout_error(0.0) from self._cause()
-            raise self._refusal_error(refusal)
+                raise timeout_error(self.name, state, 0.0) from cause(state)
+            raise refusal_error(self.name, state, refusal, self.max_waiting)
         return self._wait(start, first)
 
     def _wait(self, start: float, first: bool) -> Conn[C]:
@@ -528,7 +378,7 @@ class ConnectionPool(Generic[C]):
                 self._after_put_back(todo)
             raise
         if w.error is not None:
-            raise self._refusal_error(w.error)
+            raise refusal_error(self.name, state, w.error, self.max_waiting)
         assert w.rec is not None
         return w.rec
 
@@ -595,26 +445,16 @@ class ConnectionPool(Generic[C]):
         if not broken:
             return None
         self._state.disconnect()
-        self._limited_log.log(
-            logging.INFO,
-            "disconnect",
-            "pool %r: a connection broke (%r); checking the others",
-            self.name,
-            exc,
-        )
+        msg = "pool %r: a connection broke (%r); checking the others"
+        self._limited_log.log(logging.INFO, "disconnect", msg, self.name, exc)
         return "error"
 
     def _run_on_release(self, rec: Conn[C]) -> str | None:
         try:
             ok = self._on_release(rec.conn)
         except Exception as e:
-            self._limited_log.log(
-                logging.WARNING,
-                "release",
-                "pool %r: _on_release failed (%r); connection discarded",
-                self.name,
-                e,
-            )
+            msg = "pool %r: _on_release failed (%r); connection discarded"
+            self._limited_log.log(logging.WARNING, "release", msg, self.name, e)
             self._log.debug("_on_release failed", exc_info=True)
             return "release"
         except BaseException:
@@ -627,17 +467,10 @@ class ConnectionPool(Generic[C]):
         self._loop.run_callback(self._discard_leaked, rec)
 
     def _discard_leaked(self, rec: Conn[C]) -> None:
-        holder = greenlet_label(rec.holder)
+        holder = rec.holder
         plan = self._state.leaked(rec, _monotonic())
         if plan is not None:
-            self._log.warning(
-                "pool %r: connection #%d was taken by %s and its get() context was "
-                "garbage-collected without being exited; use `with pool.get() as conn:`%s",
-                self.name,
-                rec.id,
-                holder,
-                _stack_text(rec.taken_at),
-            )
+            warn_collected(self._log, self.name, rec, holder)
             self._apply(plan)
 
     # ------------------------------------------------------------------ acting on the state
@@ -652,7 +485,7 @@ class ConnectionPool(Generic[C]):
         for rec in plan.ping:
             self._spawn(_connector.ping, rec)
         for rec in plan.leaked:
-            self._report_leak(rec)
+            warn_held(self._log, self.name, rec, self.leak_timeout)
         for event in plan.events:
             self._on_event(event)
         state = self._state
@@ -708,69 +541,13 @@ class ConnectionPool(Generic[C]):
         elif event == "drained":
             if self._drained is not None:
                 self._drained.set()
-        elif event == "failed":
-            wait = max(0.0, state.next_attempt_at - _monotonic())
-            self._limited_log.log(
-                logging.WARNING,
-                "connect",
-                "pool %r: connect failed (%d in a row; next attempt in %.2fs): %r",
-                self.name,
-                max(state.failures, state.rejected),
-                wait,
-                state.last_error,
+        else:
+            streak, wait = max(state.failures, state.rejected), state.next_attempt_at - _monotonic()
+            log_event(
+                self._log, self._limited_log, self.name, event, streak, state.last_error, wait
             )
-        elif event == "down":
-            self._log.warning(
-                "pool %r: backend considered down after %d failed connects: %r",
-                self.name,
-                max(state.failures, state.rejected),
-                state.last_error,
-            )
-        elif event == "up":
-            self._log.info("pool %r: backend is back, a connect succeeded", self.name)
-            self._limited_log.reset("connect")
 
     # ------------------------------------------------------------------ the connector's reports
-    def _connect_finished(
-        self, attempt: Attempt, conn: C | None, error: BaseException | None
-    ) -> None:
-        outcome, plan = self._state.connect_done(attempt, conn, error, _monotonic())
-        if outcome == "forget" and conn is not None:
-            self._forget_connection(conn)
-        elif outcome not in ("keep", "failed", "forget") and conn is not None:
-            self._close_quietly(conn)
-            self._call_on_discard(conn, outcome)
-        self._apply(plan)
-        self._maint.wake()
-
-    def _connect_abandoned(self, attempt: Attempt, conn: C | None) -> None:
-        if conn is not None:
-            if attempt.pid == _getpid():
-                self._close_quietly(conn)
-            else:
-                self._forget_connection(conn)
-        self._apply(self._state.connect_abandoned(attempt, _monotonic()))
-        self._maint.wake()
-
-    def _ping_finished(self, rec: Conn[C], reason: str | None, error: BaseException | None) -> None:
-        if isinstance(error, (*self.exc_classes, TimeoutError)):
-            self._limited_log.log(
-                logging.INFO,
-                "keepalive",
-                "pool %r: keepalive found connection #%d broken (%r); replacing it",
-                self.name,
-                rec.id,
-                error,
-            )
-        elif error is not None:  # a bug in _keepalive: say so, with the traceback
-            self._log.error(
-                "pool %r: _keepalive raised on connection #%d; replacing it",
-                self.name,
-                rec.id,
-                exc_info=error,
-            )
-        self._apply(self._state.ping_done(rec, _monotonic(), reason))
-
     def _run_due(self, scheduler: Scheduler) -> float | None:
         """The scheduler's turn: do what is due; say when to look again (None: stop)."""
         self._check_fork()
@@ -779,21 +556,6 @@ class ConnectionPool(Generic[C]):
         plan, next_at = self._state.due(_monotonic())
         self._apply(plan)
         return next_at
-
-    def _report_leak(self, rec: Conn[C]) -> None:
-        holder = rec.holder
-        where = "".join(rec.taken_at or ())
-        if not where and holder is not None and holder.gr_frame is not None:
-            where = "".join(traceback.format_stack(holder.gr_frame))
-        self._log.warning(
-            "pool %r: connection #%d held by %s for %.1fs (leak_timeout=%ss); taken at:\n%s",
-            self.name,
-            rec.id,
-            greenlet_label(holder),
-            _monotonic() - rec.acquired_at,
-            self.leak_timeout,
-            where,
-        )
 
     # ------------------------------------------------------------------ closing, fork
     def _finish_close(self, plan: Plan[C], timeout: float | None) -> None:
@@ -847,60 +609,7 @@ class ConnectionPool(Generic[C]):
             self._maint.start()
             self._apply(self._state.plan_connects(_monotonic()))
 
-    # ------------------------------------------------------------------ messages
-    def _state_text(self) -> str:
-        s = self._state
-        return (
-            f"open={s.open_count} idle={len(s.idle)} in_use={len(s.held) + len(s.pinging)} "
-            f"connecting={len(s.connecting)} waiting={s.waiting} max={s.max}"
-        )
-
-    def _timeout_error(self, timeout: float | None) -> PoolTimeout:
-        state = self._state
-        state.counters.timeouts += 1
-        hint = "raise max_size, hold connections for less time, or pass a larger timeout"
-        failures = max(state.failures, state.rejected)
-        if failures:
-            hint = f"connects are failing ({failures} in a row): is the backend up?"
-        return PoolTimeout(
-            f"pool {self.name!r}: no connection within {timeout}s ({self._state_text()}); {hint}"
-        )
-
-    def _cause(self) -> BaseException | None:
-        s = self._state
-        return s.last_error if (s.failures or s.rejected) else None
-
-    def _refusal_error(self, why: str | BaseException) -> BaseException:
-        """The error for a get() refused by the state ("closed", "down", "exhausted")."""
-        if isinstance(why, Marker):
-            why = why.why
-        if why == "closed":
-            return PoolClosed(self._closed_message())
-        state = self._state
-        if why == "down":
-            err: PoolError = PoolUnavailable(
-                f"pool {self.name!r}: backend unavailable after "
-                f"{max(state.failures, state.rejected)} failed connects ({self._state_text()}); "
-                "the pool keeps retrying in the background"
-            )
-            err.__cause__ = state.last_error
-            return err
-        return PoolExhausted(
-            f"pool {self.name!r}: {state.waiting} greenlets already wait "
-            f"(max_waiting={self.max_waiting}); shed load or raise max_waiting "
-            f"({self._state_text()})"
-        )
-
-    def _closed_message(self) -> str:
-        return f"pool {self.name!r} is closed; create a new pool or stop calling get()"
-
 
 for _opt in OPTIONS:  # the class attributes a subclass may override: defaults from the table
     if _opt.name not in ("min_size", "max_size", "name"):
         setattr(ConnectionPool, _opt.name, _opt.default)
-
-
-def _stack_text(stack: tuple[str, ...] | None) -> str:
-    if not stack:
-        return " (set leak_timeout to record where connections are taken)"
-    return "; taken at:\n" + "".join(stack)

@@ -403,7 +403,7 @@ class RedisPool(ConnectionPool[RedisConnection]):
         self._password = password
         self.client_name = client_name
         self.socket_timeout = socket_timeout
-        if "name" not in pool_options and type(self).name is None:
+        if "name" not in pool_options and getattr(type(self), "name", None) is None:
             pool_options["name"] = f"redis {self.address}/{db}"
         super().__init__(**pool_options)
         if ssl_context is not None:

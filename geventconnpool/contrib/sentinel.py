@@ -32,8 +32,8 @@ import gevent.select
 import gevent.socket
 
 from .. import _backoff
+from ._resp import Arg
 from .redis import (
-    Arg,
     RedisConnection,
     RedisConnectionError,
     RedisError,

@@ -284,10 +284,10 @@ def write(
     md.write_text(markdown(report))
     js.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
     written = [md, js]
-    if docs is not None and docs.exists():
-        if replace_between(docs, DOCS_START, DOCS_END, rst_figures(report)):
-            written.append(docs)
-    if readme is not None and readme.exists():
-        if replace_between(readme, README_START, README_END, readme_summary(report.as_dict())):
-            written.append(readme)
+    for path, start, end, block in (
+        (docs, DOCS_START, DOCS_END, lambda: rst_figures(report)),
+        (readme, README_START, README_END, lambda: readme_summary(report.as_dict())),
+    ):
+        if path is not None and path.exists() and replace_between(path, start, end, block()):
+            written.append(path)
     return written
