@@ -380,6 +380,7 @@ class OursRedisPy(Impl):
     def __init__(self, spec: Spec) -> None:
         super().__init__(spec)
         import redis
+
         from geventconnpool.contrib.redispy import RedisPyConnectionPool
 
         if spec.fake:
