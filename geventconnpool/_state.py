@@ -510,7 +510,7 @@ class PoolState(Generic[C]):
         room = self.max - self.open_count
         if room <= 0:
             return
-        wanted = self.waiting + extra
+        wanted = self.waiting + extra - len(self.idle)  # idle ones are on their way to waiters
         backing_off = now < self.next_attempt_at
         if backing_off and (not wanted or now < self.failed_at + WAITER_RETRY):
             return  # while callers wait, a failing backend is still tried every WAITER_RETRY
@@ -560,8 +560,7 @@ class PoolState(Generic[C]):
             return reason, plan
         rec = self._new_record(conn, now)
         self._healthy(plan)
-        self.held.add(rec)
-        self._apply_give_back(self._give_back(rec, now), plan)
+        self._arrive(rec, plan)
         if self.ready():
             plan.add("events", "ready")
         self._plan_into(plan, now)
@@ -719,14 +718,22 @@ class PoolState(Generic[C]):
             return self.discard(rec, reason, now, plan)
         rec.suspect = False
         rec.refresh(now, self.policy.check_after)
-        if self.waiting:
+        self._arrive(rec, plan, cold=True)
+        return plan
+
+    def _arrive(self, rec: Conn[C], plan: Plan[C], cold: bool = False) -> None:
+        """A connection no caller held (new, or back from a ping): the oldest waiter gets it at
+        once (it was opened or freed for the waiters: no barging); else it goes idle, at the
+        cold end if ``cold`` (a ping does not make a surplus connection warm)."""
+        w = self.oldest_waiter() if self.waiting else None
+        if w is not None:
             self.held.add(rec)
-            self._apply_give_back(self._give_back(rec, now), plan)
-        elif self.policy.lifo:  # the cold end: a ping does not make a surplus connection warm
+            self._serve(w, rec)
+            plan.add("wake", w)
+        elif cold and self.policy.lifo:
             self.idle.appendleft(rec)
         else:
             self.idle.append(rec)
-        return plan
 
     def _leaks(self, now: float, plan: Plan[C]) -> float:
         """Connections held longer than leak_timeout are reported once each."""

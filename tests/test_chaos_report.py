@@ -23,7 +23,7 @@ def sample_report() -> Report:
                                               "holds": True}])  # fmt: skip
     env = {"date": "2026-11-23 10:51 UTC", "commit": "7cc9128", "redis": "7.0.15"}
     return Report("python -m tests.chaos", False, {"seconds": 20}, [restart], [], [broken],
-                  {"refused@0.5": "a known bug"}, soak, env)  # fmt: skip
+                  {"refused@0.5": "a known bug"}, soak, environment=env)  # fmt: skip
 
 
 def test_markdown_and_docs_show_every_figure(tmp_path: Path) -> None:

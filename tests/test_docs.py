@@ -117,7 +117,10 @@ def start_server(request: pytest.FixtureRequest, port: int) -> int:
             server: Any = request.getfixturevalue(name)
         except pytest.FixtureLookupError:
             continue
-        found = getattr(server, "port", None) or server.address[1]
+        if hasattr(server, "sentinel_addresses"):  # a Sentinel cluster: its first sentinel
+            found = server.sentinel_addresses[0][1]
+        else:
+            found = getattr(server, "port", None) or server.address[1]
         return int(found)
     message = f"no fixture in tests/servers.py provides the server of port {port}: {SERVERS[port]}"
     if CI:
@@ -236,7 +239,7 @@ def test_readme_chaos_figures_are_the_latest_reports() -> None:
     assert block == readme_summary(data), "run `make chaos` (or rewrite the README summary)"
     docs = (ROOT / "docs" / "reliability.rst").read_text()
     figures = docs[docs.index(DOCS_START) :]
-    assert f"``{data['command']}``, {data['environment']['date']}" in figures
+    assert f"``{data['command']}`` on {data['environment']['date']}" in figures
     assert f"commit {data['environment']['commit']}" in figures
 
 

@@ -414,7 +414,7 @@ class OperationalError(Exception):
 def test_dbapi_retrying_is_expressible_as_retry_on_is_disconnect() -> None:
     from geventconnpool.contrib.dbapi import DbApiPool
 
-    pool = DbApiPool(lambda: object(), pool_options={"size": 1}, ping_query=None)
+    pool = DbApiPool(lambda: object(), size=1, ping_query=None)
     try:
         as_retry = retry(on=pool._is_disconnect, max_failures=3, sleep=lambda _: None)
         lost = Failing(OperationalError("server closed the connection unexpectedly"), 2)

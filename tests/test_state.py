@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from geventconnpool._records import Conn, Waiter
+from geventconnpool._records import Attempt, Conn, Waiter
 from geventconnpool._state import HANDOFF, SLOW, WAITER_RETRY, Plan, Policy, PoolState
 
 PID = 4242
@@ -46,12 +46,8 @@ def add_idle(state: PoolState[object], now: float = 0.0, n: int = 1) -> list[Con
     """Open ``n`` connections through the state, as connects that succeed at ``now``."""
     recs = []
     for _ in range(n):
-        plan = state.plan_connects(now, extra=1)
-        if not plan.connect:
-            attempt_plan = Plan[object]()
-            state._plan_into(attempt_plan, now, extra=state.max)
-            plan = attempt_plan
-        attempt = plan.connect[0]
+        attempt = Attempt(state.generation, now, state.pid)
+        state.connecting[attempt] = None  # as plan_connects() books a connect it starts
         outcome, _ = state.connect_done(attempt, object(), None, now)
         assert outcome == "keep"
         recs.append(state.idle[-1])
@@ -337,3 +333,12 @@ def test_keepalive_pings_due_connections_but_leaves_one_for_callers() -> None:
     assert plan.ping == recs[:2] and list(state.idle) == [recs[2]]
     assert state.ping_done(recs[0], 6.1, None).close == ()
     assert state.idle[0] is recs[0]  # back at the cold end
+
+
+def test_a_connection_opened_for_a_waiter_goes_to_it_and_no_extra_connect_starts() -> None:
+    state = make_state(max_size=4, fair_after=10.0)
+    w: Waiter[object] = Waiter(0.0)
+    (attempt,) = state.wait(w, 0.0, first=False).connect
+    outcome, plan = state.connect_done(attempt, object(), None, 0.001)
+    assert outcome == "keep" and plan.wake == [w] and w.rec is not None
+    assert not plan.connect and not state.connecting and not state.idle

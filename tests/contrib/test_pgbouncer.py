@@ -123,6 +123,13 @@ def test_pgbouncer_restart_dead_connections_are_discarded_retry_hides_it(
         return query(pool, "SELECT 1")
 
     assert [one() for _ in range(8)] == [[(1,)]] * 8
+    held = [pool.get(10) for _ in range(4)]  # every connection, the dead cold ones included
+    for ctx in held:
+        query_conn = ctx.__enter__()
+        with query_conn.cursor() as cur:
+            cur.execute("SELECT 1")
+    for ctx in held:
+        ctx.__exit__(None, None, None)
     stats = pool.stats()
     assert stats.discarded.check + stats.discarded.error >= 4  # the dead ones never served
 
