@@ -32,13 +32,12 @@ import gevent.select
 import gevent.socket
 
 from .. import _backoff
-from ._resp import Arg
+from ._resp import Arg, ReadOnlyError
 from .redis import (
     RedisConnection,
     RedisConnectionError,
     RedisError,
     RedisPool,
-    ResponseError,
 )
 from .tcp import SocketConnector, default_ssl_context
 
@@ -65,10 +64,6 @@ class NotMasterError(RedisConnectionError):
     """The server the sentinels named is not (or no longer) a master: ``ROLE`` said otherwise."""
 
 
-class ReadOnlyError(RedisConnectionError):
-    """A ``-READONLY`` reply: the server was demoted to a replica under this connection."""
-
-
 class SentinelConnection(RedisConnection):
     """A :class:`~geventconnpool.contrib.redis.RedisConnection` that knows its server and turns
     ``-READONLY`` replies into :class:`ReadOnlyError` (an ``OSError``: discarded, retried)."""
@@ -82,10 +77,8 @@ class SentinelConnection(RedisConnection):
     def execute(self, *args: Arg) -> Any:
         try:
             return super().execute(*args)
-        except ResponseError as exc:
-            if str(exc).startswith("READONLY"):
-                raise ReadOnlyError(f"{self.address[0]}:{self.address[1]}: {exc}") from exc
-            raise
+        except ReadOnlyError as exc:  # the server was demoted to a replica: say which one
+            raise ReadOnlyError(f"{self.address[0]}:{self.address[1]}: {exc}") from exc
 
 
 def _check_sentinels(sentinels: Any) -> list[tuple[str, int]]:
