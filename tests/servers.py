@@ -38,6 +38,8 @@ import gevent.socket
 import gevent.ssl
 import pytest
 
+from geventconnpool.testing import free_port
+
 CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
 INSTALL_COMMAND = (
     "scripts/ensure-servers  (as root: apt-get update && apt-get install -y "
@@ -63,21 +65,20 @@ def server_missing(what: str) -> NoReturn:
     pytest.skip(message)
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
+def wait_until(
+    predicate: Callable[[], object], timeout: float = 5.0, what: str = "", *, poll: float = 0.001
+) -> None:
+    """Yield to other greenlets until ``predicate()`` is true; AssertionError after ``timeout``.
 
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``predicate`` until true: for state that only a query can see (a server coming up,
-    a server-side counter), where there is no event to wait on."""
+    For state that only a query can see (a pool's ``stats()``, a server coming up, a
+    server-side counter), where there is no event to wait on; ``poll`` is the pause between
+    two queries (raise it for a costly predicate).
+    """
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        gevent.sleep(0.02)
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what or predicate}")
+        gevent.sleep(poll)
 
 
 # -- Redis ---------------------------------------------------------------------------------------
@@ -186,7 +187,7 @@ class RedisServer:
             except OSError:
                 return False
 
-        wait_until(ready, 15.0, f"redis-server on port {self.port}")
+        wait_until(ready, 15.0, f"redis-server on port {self.port}", poll=0.02)
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
@@ -321,7 +322,9 @@ class SentinelCluster:
         self.replica.start()
         for sentinel in self.sentinels:
             sentinel.start()
-        wait_until(self._ready, timeout, "the sentinels to know the master, replica and peers")
+        wait_until(
+            self._ready, timeout, "the sentinels to know the master, replica and peers", poll=0.02
+        )
 
     def _ready(self) -> bool:
         try:
@@ -587,7 +590,7 @@ class PgBouncerServer:
             except OSError:
                 return False
 
-        wait_until(ready, 15.0, f"pgbouncer on port {self.port}")
+        wait_until(ready, 15.0, f"pgbouncer on port {self.port}", poll=0.02)
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None

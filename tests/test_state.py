@@ -330,6 +330,19 @@ def test_due_reaps_the_coldest_connections_above_min_size_only() -> None:
     assert list(state.idle) == [warm]
 
 
+def test_max_lifetime_with_jitter_spreads_expiry() -> None:
+    state = make_state(max_size=20, max_lifetime=100.0, lifetime_jitter=0.2)
+    lifetimes = [rec.expires_at - rec.created_at for rec in add_idle(state, n=20)]
+    assert all(80.0 <= life <= 100.0 for life in lifetimes)
+    assert len({round(life, 6) for life in lifetimes}) > 1
+
+
+def test_keepalive_jitter_spreads_pings() -> None:
+    state = make_state(max_size=20, keepalive=10.0, keepalive_jitter=0.3)
+    intervals = [rec.keepalive_every for rec in add_idle(state, n=20)]
+    assert all(7.0 <= i <= 10.0 for i in intervals) and len(set(intervals)) > 1
+
+
 def test_keepalive_pings_due_connections_but_leaves_one_for_callers() -> None:
     state = make_state(max_size=3, keepalive=5.0)
     recs = add_idle(state, 0.0, n=3)
