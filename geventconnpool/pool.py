@@ -346,6 +346,7 @@ class ConnectionPool(Hooks[C]):
         except gevent.Timeout as t:
             if timer is None or t is not timer:
                 raise
+            t.__traceback__ = None  # it holds this frame, which holds t (timer): a cycle
             raise timeout_error(self.name, self._state, timeout) from cause(self._state)
         finally:
             if timer is not None:
