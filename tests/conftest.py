@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 import sys
@@ -9,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import gevent
 import pytest
 from gevent import socket
 from gevent.event import Event
@@ -19,7 +21,7 @@ from geventconnpool.testing import FaultProxy, PingServer, ping
 
 from .servers import wait_until
 
-__all__ = ["FakeConn", "FakePool", "SocketPool", "wait_until", "warmest"]
+__all__ = ["FakeConn", "FakePool", "SocketPool", "live_greenlets", "wait_until", "warmest"]
 
 
 def pytest_report_header() -> str:
@@ -117,6 +119,11 @@ class FakePool(ConnectionPool[FakeConn]):
 
     def _keepalive(self, conn: FakeConn) -> None:
         self.pinged.append(conn)
+
+
+def live_greenlets() -> set[int]:
+    """Ids of the gevent greenlets started and not finished: what a pool runs in the background."""
+    return {id(g) for g in gc.get_objects() if isinstance(g, gevent.Greenlet) and g}
 
 
 def warmest(pool: ConnectionPool[Any]) -> Any:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import gc
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -13,7 +12,7 @@ import pytest
 
 from geventconnpool import ConnectionPool, PoolClosed, PoolTimeout
 
-from .conftest import FakeConn, FakePool, wait_until
+from .conftest import FakeConn, FakePool, live_greenlets, wait_until
 
 MakeFake = Callable[..., FakePool]
 
@@ -108,14 +107,10 @@ def test_assigning_an_option_fixed_at_construction_is_refused(make_fake: MakeFak
 
 
 # --------------------------------------------------------------------------- open=False
-def _started_greenlets() -> set[int]:
-    return {id(o) for o in gc.get_objects() if isinstance(o, gevent.Greenlet) and o.started}
-
-
 def test_open_false_starts_nothing_and_connects_nothing(make_fake: MakeFake) -> None:
-    before = _started_greenlets()
+    before = live_greenlets()
     pool = make_fake(2, open=False)
-    assert _started_greenlets() == before  # no scheduler, no connect greenlet
+    assert live_greenlets() == before  # no scheduler, no connect greenlet
     gevent.sleep(0.1)  # a connect (or a background greenlet's first turn) would run by now
     assert pool.made == []
     stats = pool.stats()

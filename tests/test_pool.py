@@ -14,7 +14,7 @@ from gevent.event import Event
 from geventconnpool import ConnectionPool, PoolClosed, PoolTimeout
 from geventconnpool.testing import PingServer, free_port, open_fds, ping
 
-from .conftest import FakeConn, FakePool, SocketPool, wait_until
+from .conftest import FakeConn, FakePool, SocketPool, live_greenlets, wait_until
 
 MakePool = Callable[..., SocketPool]
 MakeFake = Callable[..., FakePool]
@@ -253,14 +253,14 @@ def test_close_closes_idle_and_in_use_on_return(make_pool: MakePool) -> None:
 
 
 def test_close_stops_background_greenlets_and_is_idempotent(make_fake: MakeFake) -> None:
+    before = live_greenlets()
     pool = make_fake(2, keepalive=0.01)
     pool.wait_ready(5)
-    scheduler = pool._maint._greenlet
+    wait_until(lambda: len(pool.pinged) >= 2, what="keepalive at work")
+    assert live_greenlets() - before  # the scheduler (and pings) run
     pool.close()
     pool.close()
-    assert scheduler is not None
-    scheduler.join(1)
-    assert scheduler.dead
+    assert not live_greenlets() - before  # close() returned: nothing of the pool runs
     assert pool.closed and "closed" in repr(pool)
 
 
