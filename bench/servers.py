@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from geventconnpool.testing import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 APT_HINT = "sudo apt-get install -y redis-server"
 
@@ -49,13 +51,6 @@ def cpu_prefixes(pin: bool) -> tuple[tuple[str, ...], tuple[str, ...], str]:
         return (), (), f"not pinned ({why})"
     server, client = (taskset, "-c", str(cpus[0])), (taskset, "-c", str(cpus[1]))
     return server, client, f"server on CPU {cpus[0]}, clients on CPU {cpus[1]}"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:

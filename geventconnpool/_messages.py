@@ -66,3 +66,11 @@ def not_ready_error(name: str, state: PoolState[Any], timeout: float | None) -> 
         f"pool {name!r}: {opened} of min_size={state.min} connections open after {timeout}s "
         f"({state_text(state)})"
     )
+
+
+def wrong_hub_error(name: str, hub: Any) -> RuntimeError:
+    """get() from a thread (a hub) other than the pool's: gevent's primitives are per thread."""
+    return RuntimeError(
+        f"pool {name!r} belongs to the gevent hub of thread {hub.thread_ident}; "
+        "create one pool per thread (see docs/usage/threads.rst)"
+    )

@@ -32,6 +32,7 @@ from ._messages import (
     refusal_error,
     state_text,
     timeout_error,
+    wrong_hub_error,
 )
 from ._options import BY_NAME, OPTIONS, assign, check_seconds, check_sizes, configure
 from ._records import Conn, Waiter
@@ -184,7 +185,8 @@ class ConnectionPool(Hooks[C]):
         self._has_on_release = cls._on_release is not ConnectionPool._on_release
         leaks = self.leak_timeout is not None  # stack capture on take, a log line on return
         self._state.set_hooks(self._has_on_acquire or leaks, self._has_on_release or leaks)
-        self._loop = get_hub().loop  # a pool belongs to one hub (one thread)
+        self._hub = get_hub()  # a pool belongs to one hub (one thread): _acquire_slow checks
+        self._loop = self._hub.loop
         self._busy: set[gevent.Greenlet[Any, Any]] = set()  # connect and ping greenlets
         self._ready: list[Event] = []  # wait_ready() callers
         self._drained: Event | None = None  # set when nothing is held any more after close()
@@ -329,6 +331,8 @@ class ConnectionPool(Hooks[C]):
     def _acquire_slow(self, timeout: float | None, start: float) -> Conn[C]:
         """Wait, check and replace under one deadline (a single gevent Timeout, never re-armed)."""
         self._check_fork()
+        if get_hub() is not self._hub:  # the fast path cannot tell; see docs/usage/threads.rst
+            raise wrong_hub_error(self.name, self._hub)
         if not self._state.opened and not self._state.closed:
             self.open()
         timer = None if timeout is None else _connector.start_timer(timeout)
@@ -342,6 +346,7 @@ class ConnectionPool(Hooks[C]):
         except gevent.Timeout as t:
             if timer is None or t is not timer:
                 raise
+            t.__traceback__ = None  # it holds this frame, which holds t (timer): a cycle
             raise timeout_error(self.name, self._state, timeout) from cause(self._state)
         finally:
             if timer is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 import sys
@@ -12,10 +13,15 @@ from typing import Any
 import gevent
 import pytest
 from gevent import socket
+from gevent.event import Event
 
 import geventconnpool
 from geventconnpool import ConnectionPool
 from geventconnpool.testing import FaultProxy, PingServer, ping
+
+from .servers import wait_until
+
+__all__ = ["FakeConn", "FakePool", "SocketPool", "live_greenlets", "wait_until", "warmest"]
 
 
 def pytest_report_header() -> str:
@@ -45,16 +51,29 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 class SocketPool(ConnectionPool[socket.socket]):
-    """A pool of plain TCP sockets to ``address``, with a PING keepalive."""
+    """A pool of plain TCP sockets to ``address``, with a PING keepalive.
 
-    def __init__(self, *args: Any, address: tuple[str, int], **kwargs: Any) -> None:
+    ``opened`` lists every socket connected; with ``gate`` (an Event, also assignable later)
+    each connect waits for it after the TCP connect, so a test holds connects in flight.
+    """
+
+    def __init__(
+        self, *args: Any, address: tuple[str, int], gate: Event | None = None, **kwargs: Any
+    ) -> None:
         self.address = address
+        self.gate = gate
         self.opened: list[socket.socket] = []
         super().__init__(*args, **kwargs)
 
     def _new_connection(self) -> socket.socket:
         sock = socket.create_connection(self.address)
         self.opened.append(sock)
+        if self.gate is not None:
+            try:
+                self.gate.wait()
+            except BaseException:  # killed by close() while held: the pool never saw it
+                sock.close()
+                raise
         return sock
 
     def _keepalive(self, conn: socket.socket) -> None:
@@ -85,7 +104,7 @@ class FakePool(ConnectionPool[FakeConn]):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.made: list[FakeConn] = []
         self.fail: BaseException | None = None
-        self.gate: gevent.event.Event | None = None
+        self.gate: Event | None = None
         self.pinged: list[FakeConn] = []
         super().__init__(*args, **kwargs)
 
@@ -102,11 +121,15 @@ class FakePool(ConnectionPool[FakeConn]):
         self.pinged.append(conn)
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 5.0, what: str = "") -> None:
-    """Yield to other greenlets until ``predicate()`` is true; fail after ``timeout`` seconds."""
-    with gevent.Timeout(timeout, AssertionError(f"timed out waiting for {what or predicate}")):
-        while not predicate():
-            gevent.sleep(0.001)
+def live_greenlets() -> set[int]:
+    """Ids of the gevent greenlets started and not finished: what a pool runs in the background."""
+    return {id(g) for g in gc.get_objects() if isinstance(g, gevent.Greenlet) and g}
+
+
+def warmest(pool: ConnectionPool[Any]) -> Any:
+    """The connection the next get() hands out (LIFO): taken and given back, it stays on top."""
+    with pool.get(timeout=5) as conn:
+        return conn
 
 
 @pytest.fixture

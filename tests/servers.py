@@ -5,9 +5,10 @@
   ``postgres`` user (via ``runuser``) when we are root, since PostgreSQL refuses root.
 - :class:`PgBouncerServer`: Debian's ``pgbouncer`` in transaction pooling mode in front of it.
 - :class:`SentinelCluster`: a Redis master, a replica and three ``redis-server --sentinel``.
-- :class:`LineServer`: a line protocol (``PING`` -> ``PONG``) over TCP or TLS, counting
-  connections and TLS handshakes (full and resumed).
-- :class:`ThriftServer`: a thriftpy2 service served from gevent greenlets, over TCP or TLS.
+- :class:`LoopbackServer`: the base of the in-process servers (a gevent ``StreamServer`` on
+  127.0.0.1, TCP or TLS, counting connections and TLS handshakes, full and resumed):
+  :class:`LineServer` (``PING`` -> ``PONG``), :class:`ThriftServer` (a thriftpy2 service),
+  :class:`ScriptedServer` (a canned reply to every request: hostile servers).
 
 The pytest fixtures at the bottom start them and stop them at the end (even when tests fail).
 A missing server binary is a test failure when ``CI=true``, a skip with the install command
@@ -38,6 +39,8 @@ import gevent.socket
 import gevent.ssl
 import pytest
 
+from geventconnpool.testing import free_port
+
 CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
 INSTALL_COMMAND = (
     "scripts/ensure-servers  (as root: apt-get update && apt-get install -y "
@@ -63,21 +66,20 @@ def server_missing(what: str) -> NoReturn:
     pytest.skip(message)
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
+def wait_until(
+    predicate: Callable[[], object], timeout: float = 5.0, what: str = "", *, poll: float = 0.001
+) -> None:
+    """Yield to other greenlets until ``predicate()`` is true; AssertionError after ``timeout``.
 
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``predicate`` until true: for state that only a query can see (a server coming up,
-    a server-side counter), where there is no event to wait on."""
+    For state that only a query can see (a pool's ``stats()``, a server coming up, a
+    server-side counter), where there is no event to wait on; ``poll`` is the pause between
+    two queries (raise it for a costly predicate).
+    """
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        gevent.sleep(0.02)
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what or predicate}")
+        gevent.sleep(poll)
 
 
 # -- Redis ---------------------------------------------------------------------------------------
@@ -186,7 +188,7 @@ class RedisServer:
             except OSError:
                 return False
 
-        wait_until(ready, 15.0, f"redis-server on port {self.port}")
+        wait_until(ready, 15.0, f"redis-server on port {self.port}", poll=0.02)
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
@@ -321,7 +323,9 @@ class SentinelCluster:
         self.replica.start()
         for sentinel in self.sentinels:
             sentinel.start()
-        wait_until(self._ready, timeout, "the sentinels to know the master, replica and peers")
+        wait_until(
+            self._ready, timeout, "the sentinels to know the master, replica and peers", poll=0.02
+        )
 
     def _ready(self) -> bool:
         try:
@@ -587,7 +591,7 @@ class PgBouncerServer:
             except OSError:
                 return False
 
-        wait_until(ready, 15.0, f"pgbouncer on port {self.port}")
+        wait_until(ready, 15.0, f"pgbouncer on port {self.port}", poll=0.02)
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
@@ -613,17 +617,19 @@ class PgBouncerServer:
             return ""
 
 
-# -- a line server over TCP or TLS ---------------------------------------------------------------
+# -- loopback servers run in this process (gevent StreamServer) ----------------------------------
 
 
-class LineServer:
-    """``PING\\n`` -> ``PONG\\n``, ``ECHO x\\n`` -> ``x\\n``, ``QUIT\\n`` closes; TCP or TLS.
+class LoopbackServer:
+    """A gevent ``StreamServer`` on 127.0.0.1 that serves each connection with :meth:`serve`,
+    over TCP or TLS; the base of the in-process test servers below.
 
-    Counts ``accepted`` connections, TLS ``handshakes`` and ``resumed`` ones (as the server sees
-    them), and keeps the open ones so a test can close them all (:meth:`close_all`).
+    Counts ``accepted`` connections, TLS ``handshakes`` (``resumed`` ones, ``failed_handshakes``)
+    as the server sees them, keeps the open ones so a test can close them all
+    (:meth:`close_all`), and sets ``changed`` (an Event, cleared at once) on every change.
     """
 
-    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(self, *, port: int = 0, ssl_context: ssl.SSLContext | None = None) -> None:
         self.ssl_context = ssl_context
         self.accepted = 0
         self.handshakes = 0
@@ -631,9 +637,13 @@ class LineServer:
         self.failed_handshakes = 0
         self.open: set[Any] = set()
         self.changed = gevent.event.Event()  # set on every accept/handshake/close
-        self.server = gevent.server.StreamServer((LOOPBACK, 0), self._handle)
+        self.server = gevent.server.StreamServer((LOOPBACK, port), self._handle)
         self.server.start()
         self.port: int = self.server.server_port
+
+    def serve(self, sock: Any) -> None:
+        """Talk to one client until it leaves; OSError ends it quietly."""
+        raise NotImplementedError
 
     def _notify(self) -> None:
         self.changed.set()
@@ -652,23 +662,8 @@ class LineServer:
             self.resumed += bool(sock.session_reused)
         self.open.add(sock)
         self._notify()
-        buf = b""
         try:
-            while True:
-                data = sock.recv(4096)
-                if not data:
-                    break
-                buf += data
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    if line == b"PING":
-                        sock.sendall(b"PONG\n")
-                    elif line.startswith(b"ECHO "):
-                        sock.sendall(line[5:] + b"\n")
-                    elif line == b"QUIT":
-                        return
-                    else:
-                        sock.sendall(b"ERR\n")
+            self.serve(sock)
         except OSError:
             pass
         finally:
@@ -684,14 +679,42 @@ class LineServer:
                 sock.close()
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-        """Wait (on accept/close events) until ``predicate()`` holds."""
-        with gevent.Timeout(timeout, TimeoutError(f"server state never matched: {predicate}")):
-            while not predicate():
-                self.changed.wait(0.5)
+        """Wait (on accept/close events) until ``predicate()`` holds; AssertionError if not."""
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"server state never matched: {predicate}")
+            self.changed.wait(min(left, 0.5))
 
     def stop(self) -> None:
         self.server.stop(timeout=1)
         self.close_all()
+
+
+class LineServer(LoopbackServer):
+    """``PING\\n`` -> ``PONG\\n``, ``ECHO x\\n`` -> ``x\\n``, ``QUIT\\n`` closes; TCP or TLS."""
+
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        super().__init__(ssl_context=ssl_context)
+
+    def serve(self, sock: Any) -> None:
+        buf = b""
+        while True:
+            data = sock.recv(4096)
+            if not data:
+                return
+            buf += data
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                if line == b"PING":
+                    sock.sendall(b"PONG\n")
+                elif line.startswith(b"ECHO "):
+                    sock.sendall(line[5:] + b"\n")
+                elif line == b"QUIT":
+                    return
+                else:
+                    sock.sendall(b"ERR\n")
 
 
 def tls_contexts(ca: Any, hostname: str = LOOPBACK) -> tuple[ssl.SSLContext, ssl.SSLContext]:
@@ -707,7 +730,7 @@ def tls_contexts(ca: Any, hostname: str = LOOPBACK) -> tuple[ssl.SSLContext, ssl
 # -- Thrift --------------------------------------------------------------------------------------
 
 
-class ThriftServer:
+class ThriftServer(LoopbackServer):
     """Serve a thriftpy2 ``service`` with ``handler`` (binary protocol, buffered or framed
     transport) from gevent greenlets; an undeclared handler exception becomes a
     ``TApplicationException(INTERNAL_ERROR)`` reply, as in real servers."""
@@ -723,70 +746,59 @@ class ThriftServer:
     ) -> None:
         from thriftpy2.thrift import TProcessor
 
-        self.ssl_context = ssl_context
         self.service = service
         self.handler = handler
         self.framed = framed
         self.processor = TProcessor(service, handler)
-        self.accepted = 0
-        self.open: set[Any] = set()
-        self.server = gevent.server.StreamServer((LOOPBACK, port), self._handle)
-        self.server.start()
-        self.port: int = self.server.server_port
+        super().__init__(port=port, ssl_context=ssl_context)
 
-    def _handle(self, sock: Any, address: Any) -> None:
+    def serve(self, sock: Any) -> None:
         from thriftpy2.protocol import TBinaryProtocol
-        from thriftpy2.thrift import TApplicationException
         from thriftpy2.transport import TBufferedTransport, TFramedTransport, TSocket
         from thriftpy2.transport.base import TTransportException
 
-        self.accepted += 1
-        if self.ssl_context is not None:
-            try:
-                sock = self.ssl_context.wrap_socket(sock, server_side=True)
-            except (OSError, ValueError):
-                return
-        self.open.add(sock)
         tsock = TSocket(sock=sock)
         trans = TFramedTransport(tsock) if self.framed else TBufferedTransport(tsock)
         proto = TBinaryProtocol(trans)
-        try:
+        with contextlib.suppress(TTransportException, EOFError):
             while True:
-                api, seqid, result, call = self.processor.process_in(proto)
-                if isinstance(result, TApplicationException):
-                    self.processor.send_exception(proto, api, result, seqid)
-                    continue
-                try:
-                    result.success = call()
-                except TApplicationException as exc:
-                    self.processor.send_exception(proto, api, exc, seqid)
-                    continue
-                except Exception as exc:
-                    if not self.processor.handle_exception(exc, result):
-                        self.processor.send_exception(
-                            proto,
-                            api,
-                            TApplicationException(TApplicationException.INTERNAL_ERROR, str(exc)),
-                            seqid,
-                        )
-                        continue
-                if not result.oneway:
-                    self.processor.send_result(proto, api, result, seqid)
-        except (TTransportException, OSError, EOFError):
-            pass
-        finally:
-            self.open.discard(sock)
-            with contextlib.suppress(OSError):
-                sock.close()
+                self._one_call(proto)
 
-    def close_all(self) -> None:
-        for sock in list(self.open):
-            with contextlib.suppress(OSError):
-                sock.close()
+    def _one_call(self, proto: Any) -> None:
+        from thriftpy2.thrift import TApplicationException
 
-    def stop(self) -> None:
-        self.server.stop(timeout=1)
-        self.close_all()
+        api, seqid, result, call = self.processor.process_in(proto)
+        if isinstance(result, TApplicationException):
+            self.processor.send_exception(proto, api, result, seqid)
+            return
+        try:
+            result.success = call()
+        except TApplicationException as exc:
+            self.processor.send_exception(proto, api, exc, seqid)
+            return
+        except Exception as exc:
+            if not self.processor.handle_exception(exc, result):
+                error = TApplicationException(TApplicationException.INTERNAL_ERROR, str(exc))
+                self.processor.send_exception(proto, api, error, seqid)
+                return
+        if not result.oneway:
+            self.processor.send_result(proto, api, result, seqid)
+
+
+class ScriptedServer(LoopbackServer):
+    """Answers every request (whatever was received) with ``payload``: bytes, or a callable
+    writing to the socket; then waits for the next one. For hostile or broken servers."""
+
+    def __init__(self, payload: bytes | Callable[[Any], None]) -> None:
+        self.payload = payload
+        super().__init__()
+
+    def serve(self, sock: Any) -> None:
+        while sock.recv(65536):
+            if callable(self.payload):
+                self.payload(sock)
+            else:
+                sock.sendall(self.payload)
 
 
 # -- fixtures ------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ from typing import Any
 
 import gevent
 import pytest
-from gevent import socket
 from gevent.event import Event
 
 from geventconnpool import ConnectionInfo, ConnectionPool, PoolDump
@@ -19,34 +18,6 @@ from geventconnpool.testing import PingServer, ping
 from .conftest import SocketPool, wait_until
 
 MakePool = Callable[..., SocketPool]
-
-
-class GatedPool(SocketPool):
-    """Connects wait for ``gate`` (set at first) after the TCP connect."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.gate = Event()
-        self.gate.set()
-        super().__init__(*args, **kwargs)
-
-    def _new_connection(self) -> socket.socket:
-        sock = super()._new_connection()
-        try:
-            self.gate.wait()
-        except BaseException:  # killed by close() while held: the pool never saw this socket
-            sock.close()
-            raise
-        return sock
-
-
-@pytest.fixture
-def gated(server: PingServer, pools: list[ConnectionPool[Any]]) -> Callable[..., GatedPool]:
-    def make(*args: Any, **kwargs: Any) -> GatedPool:
-        pool = GatedPool(*args, address=server.address, **kwargs)
-        pools.append(pool)
-        return pool
-
-    return make
 
 
 def _elapse(seconds: float) -> None:
@@ -86,11 +57,11 @@ def _by_state(dump: PoolDump) -> dict[str, list[ConnectionInfo]]:
     return states
 
 
-def test_states_of_every_connection(gated: Callable[..., GatedPool], holding: Any) -> None:
-    pool = gated(min_size=3, max_size=4)
+def test_states_of_every_connection(make_pool: MakePool, holding: Any) -> None:
+    pool = make_pool(min_size=3, max_size=4)
     pool.wait_ready(5)
     holding(pool)
-    pool.gate.clear()
+    pool.gate = Event()  # the next connect waits for it
     pool.resize(min_size=4)
     wait_until(lambda: len(pool.opened) == 4, what="a connect in flight, held at the gate")
     dump = pool.dump()
@@ -163,12 +134,12 @@ def test_keepalive_state_while_pinging(make_pool: MakePool, server: PingServer) 
     server.delay = 0.0
 
 
-def test_str_is_a_readable_report(gated: Callable[..., GatedPool], holding: Any) -> None:
-    pool = gated(min_size=2, max_size=3, name="orders", leak_timeout=60)
+def test_str_is_a_readable_report(make_pool: MakePool, holding: Any) -> None:
+    pool = make_pool(min_size=2, max_size=3, name="orders", leak_timeout=60)
     pool.wait_ready(5)
     holder = holding(pool)
     holding(pool)
-    pool.gate.clear()
+    pool.gate = Event()  # the next connect waits for it
     waiter = gevent.spawn(lambda: pool.get(timeout=5).__enter__())
     wait_until(lambda: pool.stats().waiting == 1, what="the waiter")
     text = str(pool.dump())

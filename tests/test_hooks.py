@@ -14,7 +14,7 @@ from geventconnpool import ConnectionPool, PoolTimeout
 from geventconnpool.stats import DISCARD_REASONS
 from geventconnpool.testing import PingServer, ping
 
-from .conftest import SocketPool, wait_until
+from .conftest import SocketPool, wait_until, warmest
 
 
 def _setup(conn: socket.socket) -> None:
@@ -141,14 +141,15 @@ def test_on_acquire_false_discards_and_the_next_is_tried(
 ) -> None:
     pool = make_hooked(3)
     pool.wait_ready(5)
-    warmest = pool._state.idle[-1].conn
-    pool.acquire_result = _reject(warmest)
+    top = warmest(pool)
+    pool.acquire_calls.clear()
+    pool.acquire_result = _reject(top)
     with pool.get(timeout=5) as conn:
-        assert conn is not warmest
+        assert conn is not top
         ping(conn)
-    assert warmest.fileno() == -1
+    assert top.fileno() == -1
     assert pool.stats().discarded.check == 1
-    assert [(c, r) for c, r, _ in pool.discards] == [(warmest, "check")]
+    assert [(c, r) for c, r, _ in pool.discards] == [(top, "check")]
 
 
 def test_on_acquire_raising_discards_and_the_next_is_tried(
@@ -177,7 +178,7 @@ def test_on_acquire_rejection_waits_for_a_new_one_in_the_same_get(
 ) -> None:
     pool = make_hooked(1)
     pool.wait_ready(5)
-    first = pool._state.idle[-1].conn
+    [first] = pool.connected
     pool.acquire_result = _reject(first)
     with pool.get(timeout=5) as conn:  # the only one is rejected: a replacement is made
         assert conn is not first and conn in pool.connected
@@ -263,7 +264,7 @@ def test_on_discard_reasons_are_the_stats_names(make_hooked: Callable[..., HookP
         pass  # release
     pool.release_result = lambda conn: None
     wait_until(lambda: pool.stats().idle == 2, what="refill")
-    pool.acquire_result = _reject(pool._state.idle[-1].conn)
+    pool.acquire_result = _reject(warmest(pool))
     with pool.get(timeout=5):
         pass  # check
     pool.acquire_result = lambda conn: None

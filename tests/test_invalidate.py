@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import gevent
-import pytest
 from gevent import socket
 from gevent.event import Event
 
-from geventconnpool import ConnectionPool
 from geventconnpool.testing import PingServer, ping
 
 from .conftest import SocketPool, wait_until
@@ -29,7 +26,7 @@ def _open_on_server(server: PingServer) -> set[tuple[str, int]]:
 def test_idle_connections_close_at_once(make_pool: MakePool, server: PingServer) -> None:
     pool = make_pool(3)
     pool.wait_ready(5)
-    old = [rec.conn for rec in pool._state.idle]
+    old = list(pool.opened)  # all three, idle
     old_peers = {_local(c) for c in old}
     pool.invalidate()
     assert all(conn.fileno() == -1 for conn in old)  # closed before invalidate() returned
@@ -42,10 +39,10 @@ def test_fresh_connections_are_made_in_the_background(
 ) -> None:
     pool = make_pool(3)
     pool.wait_ready(5)
-    old = {_local(rec.conn) for rec in pool._state.idle}
+    old = {_local(conn) for conn in pool.opened}
     pool.invalidate()
     wait_until(lambda: pool.stats().idle == 3, what="the refill")
-    new = {_local(rec.conn) for rec in pool._state.idle}
+    new = {_local(conn) for conn in pool.opened[3:]}
     assert not new & old
     assert _open_on_server(server) == new
     assert server.accepted == 6
@@ -68,39 +65,10 @@ def test_in_use_connection_works_until_returned_then_closes(
         ping(fresh)
 
 
-class GatedPool(SocketPool):
-    """TCP-connects, then waits for ``gate`` before the pool sees the connection."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.gate = Event()
-        self.arrived: list[socket.socket] = []
-        super().__init__(*args, **kwargs)
-
-    def _new_connection(self) -> socket.socket:
-        sock = super()._new_connection()
-        try:
-            self.gate.wait()
-        except BaseException:  # killed by close() while held: the pool never saw this socket
-            sock.close()
-            raise
-        self.arrived.append(sock)
-        return sock
-
-
-@pytest.fixture
-def gated(server: PingServer, pools: list[ConnectionPool[Any]]) -> Callable[..., GatedPool]:
-    def make(*args: Any, **kwargs: Any) -> GatedPool:
-        pool = GatedPool(*args, address=server.address, **kwargs)
-        pools.append(pool)
-        return pool
-
-    return make
-
-
 def test_connects_in_flight_are_discarded_on_arrival(
-    gated: Callable[..., GatedPool], server: PingServer
+    make_pool: MakePool, server: PingServer
 ) -> None:
-    pool = gated(2, max_connecting=2)
+    pool = make_pool(2, max_connecting=2, gate=Event())
     wait_until(lambda: server.accepted == 2, what="two TCP connects in flight")
     assert pool.stats().connecting == 2
     pool.invalidate()  # the old credentials were used for these two
@@ -109,14 +77,15 @@ def test_connects_in_flight_are_discarded_on_arrival(
     wait_until(lambda: pool.stats().idle == 2, what="the replacements")
     assert all(conn.fileno() == -1 for conn in late)  # arrived, and were discarded
     assert pool.stats().discarded.invalidated == 2
-    assert not {rec.conn for rec in pool._state.idle} & set(late)
+    with pool.get() as first, pool.get() as second:
+        assert not {first, second} & set(late)
     assert server.accepted == 4
 
 
 def test_waiter_gets_a_connection_made_after_invalidate(
-    gated: Callable[..., GatedPool], server: PingServer
+    make_pool: MakePool, server: PingServer
 ) -> None:
-    pool = gated(1)
+    pool = make_pool(1, gate=Event())
     wait_until(lambda: server.accepted == 1, what="the TCP connect in flight")
     got: list[socket.socket] = []
 

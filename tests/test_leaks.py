@@ -35,7 +35,9 @@ def hold_the_connection(pool: SocketPool, release: Event, taken: list[int]) -> N
 
 
 def _id_of(pool: SocketPool, conn: object) -> int:
-    return next(rec.id for rec in pool._state.held if rec.conn is conn)
+    """The pool's number of the connection this greenlet holds (as dump() shows it)."""
+    me = greenlet_label(gevent.getcurrent())
+    return next(c.id for c in pool.dump().connections if c.holder == me)
 
 
 def test_held_too_long_warns_once_with_pool_holder_and_stack(

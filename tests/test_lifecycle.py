@@ -250,7 +250,9 @@ def test_connect_timeout_bounds_each_attempt(
     pool = Handshake(1, address=proxy.address, connect_timeout=0.05, reconnect_delay=0.01)
     try:
         wait_until(lambda: pool.stats().connect_failures >= 2, what="timed-out attempts")
-        assert isinstance(pool._state.last_error, TimeoutError)
+        with pytest.raises(PoolTimeout) as info:
+            pool.wait_ready(0.001)
+        assert isinstance(info.value.__cause__, TimeoutError)
         proxy.restore()
         pool.wait_ready(5)
     finally:
@@ -320,14 +322,6 @@ def test_without_fail_fast_get_waits_out_its_timeout(make_fake: MakeFake) -> Non
 
 
 # --------------------------------------------------------------------------- keeping good
-def test_max_lifetime_with_jitter_spreads_expiry(make_fake: MakeFake) -> None:
-    pool = make_fake(20, max_lifetime=100.0, lifetime_jitter=0.2)
-    pool.wait_ready(5)
-    lifetimes = [rec.expires_at - rec.created_at for rec in pool._state.idle]
-    assert all(80.0 <= life <= 100.0 for life in lifetimes)
-    assert len({round(life, 6) for life in lifetimes}) > 1
-
-
 def test_expired_idle_connection_is_closed_and_replaced(make_fake: MakeFake) -> None:
     pool = make_fake(2, max_lifetime=0.05, lifetime_jitter=0.0)
     pool.wait_ready(5)
@@ -412,13 +406,6 @@ def test_check_is_skipped_for_recently_used_connections(make_fake: MakeFake) -> 
         assert len(checks) == 1
     finally:
         pool.close()
-
-
-def test_keepalive_jitter_spreads_pings(make_fake: MakeFake) -> None:
-    pool = make_fake(20, keepalive=10.0, keepalive_jitter=0.3)
-    pool.wait_ready(5)
-    intervals = [rec.keepalive_every for rec in pool._state.idle]
-    assert all(7.0 <= i <= 10.0 for i in intervals) and len(set(intervals)) > 1
 
 
 @pytest.mark.parametrize("lifo", [True, False])

@@ -14,7 +14,7 @@ from gevent.event import Event
 from geventconnpool import ConnectionPool, PoolClosed, PoolTimeout
 from geventconnpool.testing import PingServer, free_port, open_fds, ping
 
-from .conftest import FakeConn, FakePool, SocketPool, wait_until
+from .conftest import FakeConn, FakePool, SocketPool, live_greenlets, wait_until
 
 MakePool = Callable[..., SocketPool]
 MakeFake = Callable[..., FakePool]
@@ -44,7 +44,8 @@ def test_exc_classes_error_discards_and_replaces(make_pool: MakePool) -> None:
     wait_until(lambda: pool.stats().idle == 2, what="replacement")
     stats = pool.stats()
     assert stats.discarded.error == 1 and stats.created == 3
-    assert all(rec.conn is not broken for rec in pool._state.idle)
+    with pool.get() as first, pool.get() as second:
+        assert broken not in (first, second)
 
 
 def test_other_exception_returns_the_connection(make_pool: MakePool) -> None:
@@ -210,7 +211,8 @@ def test_keepalive_other_exception_is_logged_and_discards(
         pool = Buggy(1, keepalive=0.02)
         try:
             wait_until(lambda: pool.stats().discarded.keepalive >= 2, what="two rounds")
-            assert not pool._maint._greenlet.dead  # type: ignore[union-attr]
+            rounds = pool.stats().discarded.keepalive
+            wait_until(lambda: pool.stats().discarded.keepalive > rounds, what="it goes on")
         finally:
             pool.close()
     assert "bug in keepalive" in caplog.text
@@ -239,7 +241,7 @@ def test_close_closes_idle_and_in_use_on_return(make_pool: MakePool) -> None:
     pool = make_pool(3)
     pool.wait_ready(5)
     with pool.get() as held:
-        idle = [rec.conn for rec in pool._state.idle]
+        idle = [conn for conn in pool.opened if conn is not held]
         pool.close()
         assert all(c.fileno() == -1 for c in idle)
         assert held.fileno() != -1  # still usable by its holder
@@ -251,14 +253,14 @@ def test_close_closes_idle_and_in_use_on_return(make_pool: MakePool) -> None:
 
 
 def test_close_stops_background_greenlets_and_is_idempotent(make_fake: MakeFake) -> None:
+    before = live_greenlets()
     pool = make_fake(2, keepalive=0.01)
     pool.wait_ready(5)
-    scheduler = pool._maint._greenlet
+    wait_until(lambda: len(pool.pinged) >= 2, what="keepalive at work")
+    assert live_greenlets() - before  # the scheduler (and pings) run
     pool.close()
     pool.close()
-    assert scheduler is not None
-    scheduler.join(1)
-    assert scheduler.dead
+    assert not live_greenlets() - before  # close() returned: nothing of the pool runs
     assert pool.closed and "closed" in repr(pool)
 
 

@@ -28,6 +28,7 @@ from hypothesis.stateful import (
 )
 
 from geventconnpool import PoolClosed, PoolTimeout
+from geventconnpool._records import greenlet_label
 
 from .conftest import FakeConn, FakePool
 
@@ -97,7 +98,8 @@ class PoolMachine(RuleBasedStateMachine):
             raise
 
     def in_queue(self, a: Actor) -> bool:
-        return any(w.greenlet is a.g for w in self.p._state.waiters if not w.gone)
+        label = greenlet_label(a.g)  # as dump() shows a waiting greenlet
+        return label is not None and any(w.greenlet == label for w in self.p.dump().waiters)
 
     def settled(self, a: Actor) -> bool:
         """At rest: queued, holding or ended; not between being handed something and resuming."""

@@ -17,7 +17,7 @@ from gevent.event import Event
 from geventconnpool import ConnectionPool
 from geventconnpool.testing import PingServer, ping
 
-from .conftest import SocketPool, wait_until
+from .conftest import SocketPool, wait_until, warmest
 
 
 class CountingPool(SocketPool):
@@ -107,7 +107,7 @@ def test_connections_in_use_during_the_restart_are_checked_on_return(
     conns = [ctx.__enter__() for ctx in held]  # newest first (LIFO)
     for ctx in [*held[:4:-1], held[0]]:
         ctx.__exit__(None, None, None)  # the five oldest idle, then the newest, warmest
-    assert pool._state.idle[-1].conn is conns[0]
+    assert warmest(pool) is conns[0]
     server.drop_all()  # while four are in use
     assert _requests(pool, 1) == 1  # the newest fails: every other one becomes suspect
     for ctx in held[1:5]:
@@ -153,7 +153,8 @@ def test_restart_after_concurrent_use_costs_one_error(
     newest, older = first.__enter__(), second.__enter__()
     first.__exit__(None, None, None)  # returned in the other order: the older one is warmest
     second.__exit__(None, None, None)
-    assert pool._state.idle[-1].conn is older and pool._state.idle[-2].conn is newest
+    with pool.get(timeout=5) as warmest, pool.get(timeout=5) as next_warmest:
+        assert warmest is older and next_warmest is newest
     server.drop_all()
     assert _requests(pool, 10) <= 1
 

@@ -33,12 +33,9 @@ from types import ModuleType
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import unquote, urlsplit
 
-import gevent
-
-from .. import _backoff
-from .._log import pool_logger
 from ..errors import PoolError
 from ..pool import ConnectionPool
+from ..retry import retry
 
 __all__ = [
     "DbApiPool",
@@ -383,7 +380,6 @@ class DbApiPool(ConnectionPool[C]):
         options.setdefault("exc_classes", self._driver_exc_classes())
         options.setdefault("name", default_name(self.driver, connect_args, driver_kwargs))
         super().__init__(**options)
-        self._dblog = pool_logger(str(self.name))
         _warn_if_psycopg2_blocks(self.driver, str(self.name))
 
     def _driver_exc_classes(self) -> tuple[type[BaseException], ...]:
@@ -420,7 +416,7 @@ class DbApiPool(ConnectionPool[C]):
                 conn.rollback()  # type: ignore[attr-defined]
             return True
         if state:
-            self._dblog.warning(
+            self._log.warning(
                 "pool %r: connection still in a transaction after release; discarded "
                 "(an _on_release() that runs SQL must commit or roll back)",
                 self.name,
@@ -482,7 +478,7 @@ class DbApiPool(ConnectionPool[C]):
             return False  # psycopg2 closes itself when a green query is interrupted
         broken = _broken_stream(conn)
         if broken:
-            self._dblog.info("pool %r: %s; connection discarded", self.name, broken)
+            self._log.info("pool %r: %s; connection discarded", self.name, broken)
             return False
         ok = self._end_transaction(conn)
         if ok and isinstance(self._autocommit, bool) and conn.autocommit != self._autocommit:  # type: ignore[attr-defined]
@@ -531,39 +527,33 @@ class DbApiPool(ConnectionPool[C]):
         Unlike ``@retry(exc_classes=pool.exc_classes)``, which goes by class, this asks
         :meth:`_is_disconnect`, so SQL errors (even ``OperationalError`` ones, and pg8000's
         ``DatabaseError`` carrying a disconnect SQLSTATE) are told apart. Pool errors are never
-        retried. At most ``max_failures`` retries, with exponential backoff from ``interval``.
+        retried. At most ``max_failures`` retries, with exponential backoff from ``interval``
+        (doubling, jittered, up to ``max_interval``); each retry is one INFO line on the pool's
+        logger. It is :func:`~geventconnpool.retry` with ``on=pool._is_disconnect``.
         """
         if isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < 0:
             raise ValueError(f"max_failures must be an int >= 0, got {max_failures!r}")
+        where = _format_literal(f"pool {self.name!r}")
+        return retry(
+            on=self._is_disconnect,
+            max_failures=max_failures,
+            interval=interval,
+            backoff=2.0,
+            max_interval=max_interval,
+            jitter=0.5,
+            logger=self._log,
+            retry_log_message=(
+                f"{where}: {{func}} lost its connection ({{err!r}}); "
+                f"attempt {{attempt}} of {max_failures + 1} failed"
+            ),
+            max_failure_log_level=logging.INFO,  # the caller gets the error: no louder line
+            max_failure_log_message=f"{where}: {{func}} gave up after {max_failures} retries",
+        )
 
-        def decorate(fn: Callable[P, R]) -> Callable[P, R]:
-            @functools.wraps(fn)
-            def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-                failures = 0
-                while True:
-                    try:
-                        return fn(*args, **kwargs)
-                    except PoolError:
-                        raise
-                    except Exception as exc:
-                        if not self._is_disconnect(exc) or failures >= max_failures:
-                            raise
-                        failures += 1
-                        self._dblog.info(
-                            "pool %r: %s lost its connection (%s); retry %d of %d",
-                            self.name,
-                            getattr(fn, "__qualname__", fn),
-                            type(exc).__name__,
-                            failures,
-                            max_failures,
-                        )
-                        pause = _backoff.delay(failures, interval, max_interval)
-                        if pause > 0:
-                            gevent.sleep(pause)
 
-            return wrapper
-
-        return decorate
+def _format_literal(text: str) -> str:
+    """``text`` escaped for use inside a ``str.format`` template (a pool name may hold braces)."""
+    return text.replace("{", "{{").replace("}", "}}")
 
 
 def _split_options(

@@ -16,13 +16,12 @@ exceptions the service declares, and ``TApplicationException`` replies, keep it.
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl as _stdssl
 import time
 from collections.abc import Callable
 from typing import Any
-
-import gevent
 
 try:  # the `thrift` extra: an ImportError that says how to install it
     import thriftpy2  # noqa: F401
@@ -42,11 +41,10 @@ from thriftpy2.transport import (
     TTransportException,
 )
 
-from .. import _backoff
-from .._log import pool_logger
 from .._options import check_seconds
 from ..errors import PoolError
 from ..pool import ConnectionPool
+from ..retry import retry
 from ._thrift_reader import ThriftLimits, read_message
 from .tcp import (
     SocketConnector,
@@ -362,46 +360,37 @@ class ThriftProxy:
         if timeout is not ...:
             check_seconds("timeout", timeout)
         self._pool = pool
-        self._log = pool_logger(str(pool.name))
-        self._retries = retries
-        self._interval = float(retry_interval)
-        self._max_interval = float(retry_max_interval)
         self._timeout = timeout
         for name in pool.service.thrift_services:
-            setattr(self, name, self._method(name))
+            setattr(self, name, self._method(name, retries, retry_interval, retry_max_interval))
 
-    def _method(self, name: str) -> Callable[..., Any]:
+    def _method(
+        self, name: str, retries: int, interval: float, max_interval: float
+    ) -> Callable[..., Any]:
+        """The service method ``name``: one checkout and call, under :func:`retry`."""
+        pool, timeout = self._pool, self._timeout
+
         def call(*args: Any, **kwargs: Any) -> Any:
-            return self._call(name, args, kwargs)
+            with pool.get() if timeout is ... else pool.get(timeout) as client:
+                return getattr(client, name)(*args, **kwargs)
 
         call.__name__ = call.__qualname__ = name
-        return call
-
-    def _call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        attempt = 0
-        while True:
-            try:
-                get = self._pool.get() if self._timeout is ... else self._pool.get(self._timeout)
-                with get as client:
-                    return getattr(client, name)(*args, **kwargs)
-            except PoolError:
-                raise  # PoolTimeout is an OSError too, but not a connection failure
-            except CONNECTION_ERRORS as exc:
-                attempt += 1
-                if attempt > self._retries:
-                    raise
-                self._log.info(
-                    "pool %r: %s() failed (%s: %s); retry %d of %d",
-                    self._pool.name,
-                    name,
-                    type(exc).__name__,
-                    exc,
-                    attempt,
-                    self._retries,
-                )
-                pause = _backoff.delay(attempt, self._interval, self._max_interval)
-                if pause > 0:
-                    gevent.sleep(pause)
+        where = f"pool {pool.name!r}".replace("{", "{{").replace("}", "}}")
+        return retry(
+            call,
+            exc_classes=CONNECTION_ERRORS,
+            max_failures=retries,
+            interval=interval,
+            backoff=2.0,
+            max_interval=max_interval,
+            jitter=0.5,
+            logger=pool._log,
+            retry_log_message=(
+                f"{where}: {{func}}() failed ({{err!r}}); attempt {{attempt}} of {retries + 1}"
+            ),
+            max_failure_log_level=logging.INFO,  # the caller gets the error: no louder line
+            max_failure_log_message=f"{where}: {{func}}() gave up after {retries} retries",
+        )
 
     def __dir__(self) -> list[str]:
         return sorted(set(super().__dir__()) | set(self._pool.service.thrift_services))

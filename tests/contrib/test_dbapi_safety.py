@@ -304,8 +304,31 @@ def test_retrying_logs_under_the_pool_logger(closing: list[Any], caplog: Any) ->
 
     with caplog.at_level(logging.INFO):
         assert flaky() == "ok"
-    lines = [r for r in caplog.records if "retry 1 of 1" in r.getMessage()]
+    lines = [r for r in caplog.records if "attempt 1 of 2 failed" in r.getMessage()]
     assert [r.name for r in lines] == ["geventconnpool.orders"]
+    gevent.sleep(0)
+
+
+def test_retrying_gives_up_with_one_info_line(closing: list[Any], caplog: Any) -> None:
+    pool = DbApiPool(FakeConn, size=1, ping_query=None, name="{orders}")
+    closing.append(pool)
+    calls: list[int] = []
+
+    @pool.retrying(max_failures=2, interval=0)
+    def broken() -> None:
+        calls.append(1)
+        raise ConnectionResetError("reset")
+
+    with caplog.at_level(logging.INFO), pytest.raises(ConnectionResetError):
+        broken()
+    assert len(calls) == 3
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records if r.name.endswith("{orders}")]
+    assert lines[-1] == (logging.INFO, "pool '{orders}': broken gave up after 2 retries")
+    assert [text.rsplit("; ", 1)[-1] for _, text in lines[:-1]] == [
+        "attempt 1 of 3 failed",
+        "attempt 2 of 3 failed",
+        "attempt 3 of 3 failed",
+    ]
     gevent.sleep(0)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,28 @@ def test_proxy_retries_on_a_dropped_connection(served: Any, closing: list[Any]) 
     assert handler.calls["ping"] == 2
     assert pool.stats().discarded.error == 1
     assert pool.stats().created == 2
+
+
+def test_proxy_retries_are_logged_on_the_pool_logger(
+    served: Any, closing: list[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    server, _, framed = served
+    pool = ThriftPool(
+        kv_thrift.KV, LOOPBACK, server.port, framed=framed, size=1, check_idle_after=None,
+        name="kv",
+    )  # fmt: skip
+    closing.append(pool)
+    kv = pool.proxy(retries=1, retry_interval=0)
+    assert kv.ping.__name__ == "ping"
+    kv.ping()
+    server.close_all()
+    with caplog.at_level(logging.INFO, logger="geventconnpool"):
+        assert kv.ping() == "pong"
+    lines = [(r.name, r.levelno, r.getMessage()) for r in caplog.records if "ping()" in r.msg]
+    assert len(lines) == 1, lines
+    logger, level, text = lines[0]
+    assert (logger, level) == ("geventconnpool.kv", logging.INFO)
+    assert text.startswith("pool 'kv': ping() failed (") and text.endswith("attempt 1 of 2")
 
 
 def test_without_retries_the_connection_error_reaches_the_caller(

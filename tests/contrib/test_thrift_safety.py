@@ -27,7 +27,7 @@ from thriftpy2.transport import TTransportException  # noqa: E402
 
 from geventconnpool import PoolTimeout  # noqa: E402
 from geventconnpool.contrib.thrift import ThriftLimits, ThriftPool  # noqa: E402
-from tests.servers import LOOPBACK, ThriftServer, free_port  # noqa: E402
+from tests.servers import LOOPBACK, ScriptedServer, ThriftServer, free_port  # noqa: E402
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -220,34 +220,12 @@ def reply(name: bytes, body: bytes, *, framed: bool, mtype: int = 2) -> bytes:
     return struct.pack("!i", len(message)) + message if framed else message
 
 
-class HostileServer:
-    """Answers every request with ``payload`` (bytes, or a callable writing to the socket), then
-    holds the connection open, sending nothing more."""
-
-    def __init__(self, payload: bytes | Callable[[Any], None]) -> None:
-        self.payload = payload
-        self.server = gevent.server.StreamServer((LOOPBACK, 0), self._handle)
-        self.server.start()
-        self.port: int = self.server.server_port
-
-    def _handle(self, sock: Any, _address: Any) -> None:
-        with contextlib.suppress(OSError):
-            while sock.recv(65536):
-                if callable(self.payload):
-                    self.payload(sock)
-                else:
-                    sock.sendall(self.payload)
-
-    def stop(self) -> None:
-        self.server.stop(timeout=1)
-
-
 @pytest.fixture
-def hostile() -> Iterator[Callable[[Any], HostileServer]]:
-    made: list[HostileServer] = []
+def hostile() -> Iterator[Callable[[Any], ScriptedServer]]:
+    made: list[ScriptedServer] = []
 
-    def make(payload: Any) -> HostileServer:
-        server = HostileServer(payload)
+    def make(payload: Any) -> ScriptedServer:
+        server = ScriptedServer(payload)
         made.append(server)
         return server
 

@@ -49,6 +49,13 @@ n: int = configured("k", count=2)
 stats: PoolStats = pool.stats()
 opened: int = stats.open + stats.discarded.total
 
+# Options read back as their concrete types (not ``int | None``): no narrowing needed.
+total: int = pool.max_size + pool.min_size
+current: int = pool.size
+label: str = pool.name
+limit: float | None = pool.timeout
+pool.timeout = 2.0  # a live option may be assigned
+
 # These must be errors: with --strict (warn_unused_ignores) an ignore that is not needed fails,
 # so losing the wrapped signature or the connection type would fail the type check.
 bare(1)  # type: ignore[arg-type]
