@@ -8,7 +8,6 @@ check until ``fresh_until``; everything that makes a connection suspect, expired
 from __future__ import annotations
 
 import itertools
-import os
 import traceback
 from typing import Any, Generic, TypeVar
 
@@ -108,11 +107,6 @@ class Waiter(Generic[C]):
         self.since = now
         self.gone = False  # served, failed or left: no longer in line
         self.greenlet = getcurrent()
-
-
-def current_pid() -> int:
-    """This process's id (a syscall: kept off the per-checkout path)."""
-    return os.getpid()
 
 
 def greenlet_label(g: greenlet | None) -> str | None:

@@ -132,6 +132,7 @@ class Plan(Generic[C]):
 
 
 _NONE: Any = ()  # an empty list that is never appended to (Plan.add replaces it)
+EMPTY_PLAN: Plan[Any] = Plan()  # "nothing to do"; never added to
 
 
 class _Slow:
@@ -353,7 +354,7 @@ class PoolState(Generic[C]):
         else:
             self.waiters.append(w)
         self.waiting += 1
-        return self.plan_connects(now)
+        return self.plan_connects(now) if self._may_connect() else EMPTY_PLAN
 
     def no_wait(self, now: float) -> Plan[C]:
         """A get() that may not wait found nothing idle: start a connect for the next one."""
@@ -491,6 +492,10 @@ class PoolState(Generic[C]):
             rec.make_suspect()
 
     # ------------------------------------------------------------------ connecting
+    def _may_connect(self) -> bool:
+        """A connect could start at all: open, below max_size (cheap; checked first)."""
+        return self.opened and not self.closed and self.open_count < self.max
+
     def plan_connects(self, now: float, extra: int = 0) -> Plan[C]:
         """Start the connects the pool needs now: for waiters at once, up to min_size staggered.
 
@@ -698,8 +703,8 @@ class PoolState(Generic[C]):
         if self.policy.keepalive is None:
             return INF
         due = [rec for rec in self.idle if _ping_due(rec) <= now]
-        if due and len(due) == len(self.idle) and len(due) > 1:
-            due.pop()  # the warmest stays for callers
+        if due and len(due) == len(self.idle) and (len(due) > 1 or self.pinging):
+            due.pop()  # the warmest stays for callers (also while other pings are out)
         self._pull_idle(due)
         self.pinging.update(due)
         for rec in due:

@@ -74,7 +74,9 @@ class _Checkout(Generic[C]):
         pool = self._pool
         state = pool._state
         now = _monotonic()
-        rec = state.take(now) if state.pid == _getpid() else None
+        if state.pid != _getpid():  # a fork that skipped Python's at-fork hooks (uWSGI)
+            pool._check_fork()
+        rec = state.take(now)
         if rec is None:
             rec = pool._acquire_slow(self._timeout, now)
         else:
@@ -330,7 +332,6 @@ class ConnectionPool(Hooks[C]):
     # ------------------------------------------------------------------ get() and release
     def _acquire_slow(self, timeout: float | None, start: float) -> Conn[C]:
         """Wait, check and replace under one deadline (a single gevent Timeout, never re-armed)."""
-        self._check_fork()
         if get_hub() is not self._hub:  # the fast path cannot tell; see docs/usage/threads.rst
             raise wrong_hub_error(self.name, self._hub)
         if not self._state.opened and not self._state.closed:

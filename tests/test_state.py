@@ -326,10 +326,6 @@ def test_due_reaps_the_coldest_connections_above_min_size_only() -> None:
     assert list(state.idle) == [warm]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core: _keepalives leaves one idle only when all idle ones are due in the same turn",
-)
 def test_keepalive_leaves_one_idle_when_pings_are_staggered() -> None:
     state = make_state(max_size=2, keepalive=5.0)
     (first,) = add_idle(state, 0.0)
