@@ -57,4 +57,5 @@ def _after_fork_in_child() -> None:
         hub.loop.run_callback(pool._after_fork_io)  # the rest when the loop runs
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+if hasattr(os, "register_at_fork"):  # POSIX; Windows has no fork, so nothing to reset there
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -12,7 +12,7 @@ import select
 
 from gevent.monkey import get_original
 
-__all__ = ["readable_now", "socket_is_quiet"]
+__all__ = ["FdProbe", "readable_now", "socket_is_quiet"]
 
 _HAS_POLL = hasattr(select, "poll")
 _poll = get_original("select", "poll") if _HAS_POLL else None
@@ -39,3 +39,25 @@ def readable_now(fd: int) -> bool:
 def socket_is_quiet(fd: int) -> bool:
     """True if descriptor ``fd`` has nothing to read and no error: an idle, healthy socket."""
     return not readable_now(fd)
+
+
+class FdProbe:
+    """The same probe for one descriptor, reusable: one poll object, then one ``poll(0)`` each.
+
+    For a connection probed at every hand-out (RedisPool); the descriptor must stay the same.
+    """
+
+    __slots__ = ("_fd", "_poller")
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._poller = None
+        if _poll is not None and isinstance(fd, int) and fd >= 0:
+            self._poller = _poll()
+            self._poller.register(fd, _POLL_MASK)
+
+    def readable(self) -> bool:
+        """True if the descriptor is readable, in error or hung up right now; never waits."""
+        if self._poller is None:
+            return readable_now(self._fd)
+        return bool(self._poller.poll(0))

@@ -37,13 +37,12 @@ class Conn(Generic[C]):
         "last_ping",
         "last_used",
         "leak_reported",
-        "pid",
         "suspect",
         "taken_at",
         "uses",
     )
 
-    def __init__(self, conn: C, now: float, expires_at: float, generation: int, pid: int) -> None:
+    def __init__(self, conn: C, now: float, expires_at: float, generation: int) -> None:
         self.conn = conn
         self.id = next(_conn_ids)
         self.created_at = now
@@ -53,7 +52,6 @@ class Conn(Generic[C]):
         self.fresh_until = now  # handed out unchecked until then; 0 forces a check
         self.keepalive_every = INF  # this connection's jittered keepalive interval
         self.generation = generation
-        self.pid = pid  # the process that opened it: no other process may use it
         self.uses = 0
         self.holder: greenlet | None = None  # the caller's greenlet; None when idle or pinged
         self.acquired_at = 0.0

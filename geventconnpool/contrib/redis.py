@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import ssl as _stdssl
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -26,6 +25,7 @@ from typing import Any, ClassVar
 import gevent.socket
 import gevent.ssl
 
+from .._probe import FdProbe
 from ..errors import PoolError
 from ..pool import ConnectionPool
 from ._redis_url import parse_redis_url
@@ -75,11 +75,6 @@ _SUB_REPLIES |= {b"ssubscribe": 1, b"sunsubscribe": 1}
 _UNSUB_REPLIES = frozenset({b"unsubscribe", b"punsubscribe", b"sunsubscribe"})
 
 _TLS_SOCKETS = (_stdssl.SSLSocket, gevent.ssl.SSLSocket)
-_POLL_MASK = (
-    select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP | select.POLLNVAL
-    if hasattr(select, "poll")
-    else 0
-)
 
 #: The reply limits' defaults (RedisPool class attributes, keyword arguments too).
 DEFAULT_LIMITS = Limits(
@@ -173,13 +168,10 @@ class RedisConnection:
             return False
         if isinstance(self.sock, _TLS_SOCKETS):
             return probe_tls_socket(self.sock)
-        if not hasattr(select, "poll"):  # Windows
-            return probe_socket(self.sock)
-        poller = self._poller
-        if poller is None:  # one poll object per connection: the probe is a single poll(0)
-            poller = self._poller = select.poll()
-            poller.register(self.sock.fileno(), _POLL_MASK)
-        return not poller.poll(0)
+        probe = self._poller
+        if probe is None:  # one poll object per connection: the probe is a single poll(0)
+            probe = self._poller = FdProbe(self.sock.fileno())
+        return not probe.readable()
 
     def check_usable(self) -> None:
         """Raise :class:`RedisConnectionError` if this connection must not be used any more."""

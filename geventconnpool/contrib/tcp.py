@@ -14,7 +14,6 @@ the certificate and host name by default and resumes the last TLS session on rec
 from __future__ import annotations
 
 import logging
-import select
 import socket as _stdsocket
 import ssl as _stdssl
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any, TypeVar
 import gevent.socket
 import gevent.ssl
 
+from .._probe import readable_now
 from ..pool import ConnectionPool
 
 __all__ = [
@@ -43,24 +43,6 @@ S = TypeVar("S", bound=_stdsocket.socket)
 # gevent's SSLSocket derives from gevent's socket, not from the stdlib's SSLSocket.
 _TLS_SOCKETS: tuple[type[Any], ...] = (_stdssl.SSLSocket, gevent.ssl.SSLSocket)
 
-_POLL_MASK = (
-    select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP | select.POLLNVAL
-    if hasattr(select, "poll")
-    else 0
-)
-
-
-def _readable_now(fd: int) -> bool:
-    """True if ``fd`` is readable (or in error/hang-up) right now; never waits."""
-    if fd < 0:
-        return True
-    if hasattr(select, "poll"):
-        poller = select.poll()
-        poller.register(fd, _POLL_MASK)
-        return bool(poller.poll(0))
-    readable, _, errored = select.select([fd], [], [fd], 0)
-    return bool(readable or errored)
-
 
 def probe_socket(sock: _stdsocket.socket) -> bool:
     """Zero round-trip health probe of an idle socket: False if the peer closed or reset it,
@@ -71,7 +53,7 @@ def probe_socket(sock: _stdsocket.socket) -> bool:
     if isinstance(sock, _TLS_SOCKETS):
         return probe_tls_socket(sock)
     try:
-        return not _readable_now(sock.fileno())
+        return not readable_now(sock.fileno())
     except (OSError, ValueError):
         return False
 
@@ -87,7 +69,7 @@ def probe_tls_socket(sock: _stdssl.SSLSocket) -> bool:
     try:
         if sock.pending():
             return False  # decrypted application data nobody asked for
-        if not _readable_now(sock.fileno()):
+        if not readable_now(sock.fileno()):
             return True
         timeout = sock.gettimeout()
         sock.settimeout(0.0)
