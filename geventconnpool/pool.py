@@ -93,7 +93,7 @@ class _Checkout(Generic[C]):
         self._rec = None
         pool = self._pool
         now = _monotonic()
-        if exc_type is None and rec.pid == _getpid():  # a forked child takes the slow path
+        if exc_type is None:  # in a forked child: whoever gets rec next checks its pid
             todo = pool._state.put_back(rec, now)
             if todo is None:
                 return
