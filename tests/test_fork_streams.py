@@ -277,7 +277,8 @@ def test_close_in_the_child_sends_nothing_on_the_parent_connections(
 def test_child_does_not_roll_back_the_parent_transaction(
     postgres_server: Any,  # noqa: F811
 ) -> None:
-    psycopg2 = pytest.importorskip("psycopg2")
+    import psycopg2  # in the test extra
+
     from geventconnpool.contrib.dbapi import DbApiPool
 
     pool = DbApiPool(psycopg2.connect, postgres_server.dsn, size=1)

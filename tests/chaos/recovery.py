@@ -38,6 +38,7 @@ DOWN_FOR = 3.0  # seconds the server is stopped
 WARMUP = 1.0
 AFTER_RESTART_LIMIT = 10.0  # a run ends at most this long after the server is started again
 PROBE_EVERY = 0.005
+MAX_REQUESTS = 100_000  # per greenlet
 
 
 @dataclass
@@ -65,7 +66,9 @@ class Load:
         self.greenlets = [gevent.spawn(self._run) for _ in range(GREENLETS)]
 
     def _run(self) -> None:
-        while not self.stop.is_set():
+        for _ in range(MAX_REQUESTS):  # bounded in count too (the run is bounded in time)
+            if self.stop.is_set():
+                return
             began = time.monotonic()
             try:
                 with self.pool.get(timeout=1.0) as conn:
