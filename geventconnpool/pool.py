@@ -268,6 +268,7 @@ class ConnectionPool(Hooks[C]):
 
     def resize(self, min_size: int | None = None, max_size: int | None = None) -> None:
         """Change min_size and/or max_size at run time; surplus idle connections close now."""
+        self._check_fork()
         state = self._state
         lo, hi = check_sizes(
             None,
@@ -306,6 +307,7 @@ class ConnectionPool(Hooks[C]):
 
         Connects already in flight are discarded on arrival. For failover and credential rotation.
         """
+        self._check_fork()
         plan = self._state.invalidate(_monotonic())
         self._log.info(
             "pool %r invalidated: %d idle connection(s) closed", self.name, len(plan.close)
@@ -482,6 +484,7 @@ class ConnectionPool(Hooks[C]):
         self._loop.run_callback(self._discard_leaked, rec)
 
     def _discard_leaked(self, rec: Conn[C]) -> None:
+        self._check_fork()  # a leaked parent connection is forgotten, not closed
         holder = rec.holder
         plan = self._state.leaked(rec, _monotonic())
         if plan is not None:

@@ -53,7 +53,10 @@ class CountingPool(NamedSocketPool):
 
     def _close_connection(self, conn: socket.socket) -> None:
         self.calls.append(("_close_connection", id(conn)))
-        super()._close_connection(conn)
+        try:
+            conn.sendall(b"QUIT pid-%d\r\n" % os.getpid())  # a goodbye the server records
+        finally:
+            conn.close()
 
     def _is_disconnect(self, exc: BaseException) -> bool:
         self.calls.append(("_is_disconnect", 0))
@@ -246,10 +249,19 @@ def _said_pings(remote: RemoteServer, port: str) -> list[str]:
     return [c for c in said if c.startswith("PING")]
 
 
+ACTIONS: dict[str, Callable[[ConnectionPool[Any]], None]] = {
+    "close": lambda pool: pool.close(),
+    "invalidate": lambda pool: pool.invalidate(),
+    "resize": lambda pool: pool.resize(min_size=0, max_size=1),
+}
+
+
+@pytest.mark.parametrize("action", sorted(ACTIONS))
 @pytest.mark.parametrize("fork", sorted(FORKS))
 def test_close_in_the_child_sends_nothing_on_the_parent_connections(
-    remote: RemoteServer, closing: list[Any], fork: str
+    remote: RemoteServer, closing: list[Any], fork: str, action: str
 ) -> None:
+    """close(), invalidate() or resize() as the child's first call: nothing of the parent's."""
     pool = ReleasingPool(2, address=remote.address)
     closing.append(pool)
     pool.wait_ready(5)
@@ -258,7 +270,7 @@ def test_close_in_the_child_sends_nothing_on_the_parent_connections(
     before = remote.peers()["said"]
 
     def close_at_once() -> dict[str, Any]:
-        pool.close()  # the first thing the child does: before any loop callback ran
+        ACTIONS[action](pool)  # the first thing the child does: before any loop callback ran
         return _child_report(pool, conns)
 
     pool.calls.clear()
