@@ -45,7 +45,10 @@ from geventconnpool import ConnectionPool, PoolClosed, PoolError
 from geventconnpool.testing import PingServer, open_fds
 
 from .conftest import FakeConn, FakePool, wait_until
-from .servers import redis_server  # noqa: F401  (a fixture, found by name)
+from .servers import (
+    redis_server,  # noqa: F401  (a fixture, found by name)
+    resp_command,
+)
 
 KINDS = ("timeout", "kill", "backend")
 MAX_K = 200  # no operation switches this often; reaching it means the harness is broken
@@ -1081,7 +1084,8 @@ def test_fork_at_every_switch_never_touches_the_parent_connections(
 # (raised where the greenlet resumes, "wake", or thrown into it while it is blocked, "park").
 # The next command on that connection must raise a connection error (one of the pool's
 # exc_classes), never return the interrupted command's late reply, and the pool must discard the
-# connection when the block ends.
+# connection when the block ends. ``CLIENT PAUSE 50`` (from another connection) delays the
+# replies, so the call always waits for them: a switch whatever the machine's speed.
 REDIS_CALLS: dict[str, Callable[[Any], Any]] = {
     "execute": lambda conn: conn.execute("GET", "slow"),
     "pipeline": lambda conn: conn.pipeline(("GET", "slow"), ("GET", "slow"), ("PING",)),
@@ -1133,6 +1137,7 @@ def _redis_interrupted_once(port: int, call: str, mode: str, k: int) -> tuple[bo
         try:
             with pool.get(timeout=5) as conn:
                 try:
+                    resp_command(("127.0.0.1", port), "CLIENT", "PAUSE", "50")
                     hook.armed = True
                     REDIS_CALLS[call](conn)
                     hook.armed = False
