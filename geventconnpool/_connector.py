@@ -37,6 +37,7 @@ class Owner(Protocol[C]):
     def _call_on_discard(self, conn: C, reason: str) -> None: ...
     def _forget_connection(self, conn: C) -> None: ...
     def _apply(self, plan: Plan[C]) -> None: ...
+    def _check_fork(self) -> None: ...
 
     name: str
     _state: PoolState[C]
@@ -77,6 +78,9 @@ def connect(pool: Owner[Any], attempt: Attempt) -> None:
         raise
     finally:
         timer.close()
+    if conn is not None and attempt.pid != os.getpid():  # forked during _on_connect
+        abandoned(pool, attempt, conn)  # the parent's socket: forgotten, never closed here
+        return
     if error is not None and conn is not None:
         pool._close_quietly(conn)  # _on_connect failed on an open connection
         conn = None
@@ -107,6 +111,7 @@ def ping(pool: Owner[Any], rec: Conn[Any]) -> None:
 
 def finished(pool: Owner[C], attempt: Attempt, conn: C | None, error: BaseException | None) -> None:
     """Report a connect's end to the state; close or forget a connection it does not keep."""
+    pool._check_fork()  # a fork without at-fork hooks: the state forgets the parent's first
     outcome, plan = pool._state.connect_done(attempt, conn, error, time.monotonic())
     if outcome == "forget" and conn is not None:
         pool._forget_connection(conn)
@@ -119,6 +124,7 @@ def finished(pool: Owner[C], attempt: Attempt, conn: C | None, error: BaseExcept
 
 def abandoned(pool: Owner[C], attempt: Attempt, conn: C | None) -> None:
     """A connect was interrupted (a kill, a fork): free its slot, drop what it opened."""
+    pool._check_fork()
     if conn is not None:
         if attempt.pid == os.getpid():
             pool._close_quietly(conn)
@@ -130,6 +136,7 @@ def abandoned(pool: Owner[C], attempt: Attempt, conn: C | None) -> None:
 
 def pinged(pool: Owner[C], rec: Conn[C], reason: str | None, error: BaseException | None) -> None:
     """Report a keepalive's end; a routine failure is one rate-limited line, a bug a traceback."""
+    pool._check_fork()  # the parent's ping, ended in a forked child: ping_done() forgets it
     if isinstance(error, (*pool.exc_classes, TimeoutError)):
         pool._limited_log.log(
             logging.INFO, "keepalive", "pool %r: keepalive found connection #%d broken (%r); "

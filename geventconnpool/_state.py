@@ -38,6 +38,10 @@ WAITER_RETRY = 0.2
 #: soon after it opened, counts as a failed connect (backoff, fail_fast): a proxy that accepts
 #: while the database behind it is down must not make the pool reconnect in a busy loop.
 NEW_CONNECTION_WINDOW = 5.0
+REJECTED_MESSAGE = (
+    "new connections open but fail the checkout check (_check) or _on_acquire at once: "
+    "is the server behind a proxy down?"
+)
 
 
 class Policy:
@@ -463,7 +467,7 @@ class PoolState(Generic[C]):
         self.counters.discarded[reason] += 1
         plan.add("close", (rec, reason))
         if reason == "check" and self._never_good(rec, now):
-            self._new_one_rejected(now)  # refused at its first hand-out: a failed connect
+            self._new_one_rejected(now, plan)  # refused at its first hand-out: a failed connect
         if reason not in ("closed", "idle", "leaked") and not self.closed:
             self.replace_now += 1
         self._update_fast()
@@ -610,13 +614,16 @@ class PoolState(Generic[C]):
         self.counters.connect_failures += 1
         self._backoff(now, plan)
 
-    def _new_one_rejected(self, now: float) -> None:
+    def _new_one_rejected(self, now: float, plan: Plan[C]) -> None:
         """A new connection failed its first check or acquire hook: it counts as a failed connect
-        (PgBouncer accepting while the database behind it is down)."""
+        (PgBouncer accepting while the database behind it is down): backoff, ``fail_fast``,
+        ``connect_failures`` and the rate-limited "connect failed" WARNING, as for a connect
+        that raised."""
         self.rejected += 1
         self.failed_at = now
+        self.last_error = ConnectionError(REJECTED_MESSAGE)
         self.counters.connect_failures += 1
-        self._backoff(now, None)
+        self._backoff(now, plan)
 
     def _backoff(self, now: float, plan: Plan[C] | None) -> None:
         p = self.policy

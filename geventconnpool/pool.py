@@ -96,7 +96,7 @@ class _Checkout(Generic[C]):
         self._rec = None
         pool = self._pool
         now = _monotonic()
-        if exc_type is None:
+        if exc_type is None:  # in a forked child: whoever gets rec next checks its pid
             todo = pool._state.put_back(rec, now)
             if todo is None:
                 return
@@ -272,6 +272,7 @@ class ConnectionPool(Hooks[C]):
 
     def resize(self, min_size: int | None = None, max_size: int | None = None) -> None:
         """Change min_size and/or max_size at run time; surplus idle connections close now."""
+        self._check_fork()
         state = self._state
         lo, hi = check_sizes(
             None,
@@ -310,6 +311,7 @@ class ConnectionPool(Hooks[C]):
 
         Connects already in flight are discarded on arrival. For failover and credential rotation.
         """
+        self._check_fork()
         plan = self._state.invalidate(_monotonic())
         self._log.info(
             "pool %r invalidated: %d idle connection(s) closed", self.name, len(plan.close)
@@ -341,6 +343,8 @@ class ConnectionPool(Hooks[C]):
         try:
             while True:
                 rec = self._take_or_wait(timeout, start, again)
+                if self._forked_meanwhile(rec):  # handed over just before a fork: the parent's
+                    continue  # forgotten (no hook, no close); wait for one of our own
                 if self._vet(rec):
                     return self._hand_out(rec, start)
                 again = True
@@ -403,12 +407,22 @@ class ConnectionPool(Hooks[C]):
             self._log.debug("checkout check failed on connection #%d", rec.id, exc_info=True)
             reason = "check"
         except BaseException:
-            self._apply(state.drop(rec, "interrupted", _monotonic()))
+            if not self._forked_meanwhile(rec):
+                self._apply(state.drop(rec, "interrupted", _monotonic()))
             raise
+        if self._forked_meanwhile(rec):
+            return False
         if reason is None:
             return True
         self._apply(state.drop(rec, reason, _monotonic()))
         return False
+
+    def _forked_meanwhile(self, rec: Conn[C]) -> bool:
+        """The process forked while a hook ran on ``rec``: in the child, forget it (no hook)."""
+        if rec.pid == _getpid():
+            return False
+        self._check_fork()
+        return True
 
     def _hand_out(self, rec: Conn[C], start: float) -> Conn[C]:
         now = _monotonic()
@@ -437,6 +451,8 @@ class ConnectionPool(Hooks[C]):
         reason = None if exc is None else self._exit_reason(exc)
         if reason is None and self._has_on_release:
             reason = self._run_on_release(rec)
+        if self._forked_meanwhile(rec):  # a hook above forked: the child keeps its hands off
+            return
         self._apply(state.release(rec, now, reason))
 
     def _exit_reason(self, exc: BaseException) -> str | None:
@@ -464,7 +480,8 @@ class ConnectionPool(Hooks[C]):
             self._log.debug("_on_release failed", exc_info=True)
             return "release"
         except BaseException:
-            self._apply(self._state.drop(rec, "interrupted", _monotonic()))
+            if not self._forked_meanwhile(rec):
+                self._apply(self._state.drop(rec, "interrupted", _monotonic()))
             raise
         return "release" if ok is False else None
 
@@ -473,6 +490,7 @@ class ConnectionPool(Hooks[C]):
         self._loop.run_callback(self._discard_leaked, rec)
 
     def _discard_leaked(self, rec: Conn[C]) -> None:
+        self._check_fork()  # a leaked parent connection is forgotten, not closed
         holder = rec.holder
         plan = self._state.leaked(rec, _monotonic())
         if plan is not None:
@@ -509,6 +527,7 @@ class ConnectionPool(Hooks[C]):
 
     def _handoff(self) -> None:
         """The deferred hand-off, run by the hub once per loop turn: idle ones go to waiters."""
+        self._check_fork()  # scheduled before a fork: hand out nothing of the parent's
         for w in self._state.handoff(_monotonic()):
             w.waiter.switch(None)  # we are in the hub: switch straight to the waiter
 
@@ -520,12 +539,21 @@ class ConnectionPool(Hooks[C]):
     def _close_all(self, doomed: list[tuple[Conn[C], str]]) -> None:
         """Close connections and report them; if interrupted, a greenlet closes the rest."""
         for i, (rec, reason) in enumerate(doomed):
+            if rec.pid != _getpid():  # a close hook forked: the parent's are only forgotten
+                self._forget_quietly(rec.conn)
+                continue
             try:
                 self._close_quietly(rec.conn)
                 self._call_on_discard(rec.conn, reason)
             except BaseException:
                 gevent.spawn(self._close_all, doomed[i + 1 :])
                 raise
+
+    def _forget_quietly(self, conn: C) -> None:
+        try:
+            self._forget_connection(conn)
+        except Exception:
+            self._log.debug("forgetting an inherited connection failed", exc_info=True)
 
     def _close_quietly(self, conn: C) -> None:
         try:
@@ -604,10 +632,7 @@ class ConnectionPool(Hooks[C]):
         inherited, self._inherited = self._inherited, []
         stale, self._stale = self._stale, []
         for rec in inherited:
-            try:
-                self._forget_connection(rec.conn)
-            except Exception:
-                self._log.debug("forgetting an inherited connection failed", exc_info=True)
+            self._forget_quietly(rec.conn)
         for g in stale:
             g.kill(block=False)  # copies of the parent's greenlets, on the parent's sockets
         self._loop = get_hub().loop

@@ -26,6 +26,8 @@ the operation, the interrupt, k and what went wrong:
 from __future__ import annotations
 
 import itertools
+import json
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -43,6 +45,10 @@ from geventconnpool import ConnectionPool, PoolClosed, PoolError
 from geventconnpool.testing import PingServer, open_fds
 
 from .conftest import FakeConn, FakePool, wait_until
+from .servers import (
+    redis_server,  # noqa: F401  (a fixture, found by name)
+    resp_command,
+)
 
 KINDS = ("timeout", "kill", "backend")
 MAX_K = 200  # no operation switches this often; reaching it means the harness is broken
@@ -152,6 +158,9 @@ class Probe:
                 if self.holders.get(cid) is getcurrent():
                     del self.holders[cid]
 
+    def closing(self, cid: int) -> None:
+        """``_close_connection`` runs on connection ``cid`` (the fork runs watch it)."""
+
     def poison(self, cid: int, why: str) -> None:
         self.poisoned.setdefault(cid, why)
 
@@ -213,7 +222,7 @@ class Probe:
 # -- the backend: ECHO requests over real sockets -----------------------------------------------
 def echo(sock: gsocket.socket, probe: Probe, cid: int) -> None:
     """One request: ``ECHO <token>``; a reply with another token means a stale reply was read."""
-    token = b"t%d" % next(_tokens)
+    token = b"t%d.%d" % (next(_tokens), os.getpid())  # the pid: a forked child's bytes show
     expected = b"$%d\r\n%s\r\n" % (len(token), token)
     with probe.backend():
         sock.sendall(b"ECHO " + token + b"\r\n")
@@ -242,6 +251,7 @@ class HarnessPool(ConnectionPool[gsocket.socket]):
         self.sockets: list[gsocket.socket] = []
         self.ids: dict[gsocket.socket, int] = {}
         self.connectors: list[greenlet.greenlet] = []
+        self.ports: dict[int, str] = {}  # cid -> the "ip:port" the server sees
         self.gate: Event | None = None  # if set: connects beyond ``gate_after`` wait on it
         self.gate_after = 0
         self.ping_gate: Event | None = None  # if set: keepalive pings wait on it
@@ -264,6 +274,8 @@ class HarnessPool(ConnectionPool[gsocket.socket]):
         try:
             with self.probe.backend():
                 sock.connect(self.address)
+            host, port = sock.getsockname()[:2]
+            self.ports[self.ids[sock]] = f"{host}:{port}"
         except BaseException:
             sock.close()
             raise
@@ -289,6 +301,10 @@ class HarnessPool(ConnectionPool[gsocket.socket]):
             echo(conn, self.probe, cid)
         return True
 
+    def _close_connection(self, conn: gsocket.socket) -> None:
+        self.probe.closing(self.cid(conn))
+        conn.close()
+
 
 class ReleasePool(HarnessPool):
     """``_on_release`` resets the session with a round trip."""
@@ -310,6 +326,7 @@ class GracefulPool(HarnessPool):
 
     def _close_connection(self, conn: gsocket.socket) -> None:
         cid = self.cid(conn)
+        self.probe.closing(cid)
         try:
             if conn.fileno() >= 0:
                 with self.probe.use(cid, "closed"), self.probe.backend():
@@ -829,3 +846,332 @@ def test_killed_connect_attempt_is_replaced_at_once(pools: list[ConnectionPool[A
     connector.kill()
     g.join(0.3)
     assert got, f"the waiter was not served within 0.3 s: {pool!r}"
+
+
+# -- a fork at every switch point ---------------------------------------------------------------
+# The operation's greenlet forks at its k-th switch (gevent.fork, and fork(2) without Python's
+# at-fork hooks, as uWSGI does). The child goes on with the operation, then reports through a
+# pipe every use of a connection the parent had opened (handed out, checked, pinged, released
+# through a hook, closed through _close_connection, set up) and leaves with os._exit; the
+# parent checks the report, then that each of its connections still answers its own requests
+# (no reply stolen or left over by the child), and that the server saw no byte from the child
+# on any of them. At the fork the child closes its copies of the parent's descriptors and kills
+# the test's helper greenlets: an application greenlet that forked in the middle of its own
+# request, or a copy of one that holds a connection, is the application's business; what is
+# checked is that the pool itself never uses, hands out or closes a parent connection.
+# Each operation waits at least once for the pool (a switch whatever the timing; a recv from
+# the server in another process may or may not switch).
+def _prepare_gated_pings(env: Env) -> None:
+    """Keepalive pings wait for a gate opened once one waits: a switch whatever the timing."""
+    _ready(env)
+    pool = env.pool
+    gate = pool.ping_gate = Event()
+
+    def open_gate() -> None:
+        wait_until(lambda: pool.stats().checking >= 1, RUN_DEADLINE, "a keepalive ping")
+        gate.set()
+
+    env.helpers.append(gevent.spawn(open_gate))
+
+
+FORK_OPS = [op for op in OPS if op.name in ("get_wait", "check_wait", "connect")]
+FORK_OPS += [
+    Op(
+        "keepalive",
+        _run_keepalive,
+        {"size": 2, "keepalive": 0.02, "keepalive_jitter": 0.0},
+        _prepare_gated_pings,
+        track_caller=False,
+        track_pings=True,
+    ),
+    Op("release_wait", _run_request, {"size": 1}, _prepare_blocker, pool_class=ReleasePool),
+    Op("discard_wait", _run_failing_request, {"size": 1}, _prepare_blocker, GracefulPool),
+]
+FORK_MAX_K = 40
+CHILD_WINDOW = 1.0  # the child's run of the rest of the operation ends within this
+
+
+def _libc_fork() -> int:
+    """fork(2) straight from libc: Python's at-fork hooks (so the pool's) do not run."""
+    import ctypes
+
+    pid = int(ctypes.CDLL(None, use_errno=True).fork())
+    if pid == 0:
+        gevent.reinit()
+    return pid
+
+
+FORKS: dict[str, Callable[[], int]] = {"hooks": gevent.fork, "no-hooks": _libc_fork}
+
+
+@dataclass
+class ForkProbe(Probe):
+    """Forks (instead of interrupting) at the k-th switch; in the child, flags parent uses."""
+
+    fork: Callable[[], int] = gevent.fork
+    pool: HarnessPool | None = None
+    helpers: list[gevent.Greenlet[..., Any]] = field(default_factory=list)
+    parent_pid: int = field(default_factory=os.getpid)
+    parent_cids: set[int] = field(default_factory=set)
+    child_pid: int = 0
+    pipe_r: int = -1
+    pipe_w: int = -1
+    done: Event = field(default_factory=Event)  # the child's caller greenlet ended
+
+    def trace(self, event: str, args: tuple[greenlet.greenlet, greenlet.greenlet]) -> None:
+        if self.fired is not None or event not in ("switch", "throw"):
+            return
+        _origin, target = args
+        role = self.roles.get(target)
+        if role is None:
+            return
+        self.count += 1
+        if self.count == self.k:
+            self.fired = Fired(role, target, RuntimeError("fork"), self.using.get(target))
+            self._fork_here()
+
+    def _fork_here(self) -> None:
+        assert self.pool is not None
+        self.parent_cids = set(self.pool.ids.values())
+        self.pipe_r, self.pipe_w = os.pipe()
+        pid = self.fork()
+        if pid:
+            self.child_pid = pid
+            os.close(self.pipe_w)
+            return
+        os.close(self.pipe_r)
+        for sock in self.pool.sockets:  # nothing in the child can talk on the parent's
+            if sock.fileno() >= 0:
+                os.close(sock.detach())
+        for g in self.helpers:
+            g.kill(block=False)
+        gevent.spawn(self._child_report)
+
+    def closing(self, cid: int) -> None:
+        if os.getpid() != self.parent_pid and cid in self.parent_cids:
+            self.violations.append(f"the child closed the parent's connection #{cid}")
+
+    def touch(self, cid: int, what: str) -> None:
+        if os.getpid() != self.parent_pid and cid in self.parent_cids:
+            self.violations.append(f"the child {what} the parent's connection #{cid}")
+        super().touch(cid, what)
+
+    def _child_report(self) -> None:
+        """In the child: once the operation ended (or CHILD_WINDOW passed), report and exit."""
+        code = 1
+        try:
+            self.done.wait(CHILD_WINDOW)
+            gevent.sleep(0.02)  # the child pool's background work (keepalive, refill) may run
+            mine = [v for v in self.violations if v.startswith("the child")]
+            data = json.dumps({"pid": os.getpid(), "violations": mine}).encode()
+            while data:
+                data = data[os.write(self.pipe_w, data) :]
+            code = 0
+        finally:
+            os._exit(code)
+
+    def child_report(self) -> dict[str, Any]:
+        """In the parent: the child's report (it has exited and is reaped)."""
+        from .test_fork import _read_all, _reap
+
+        try:
+            raw = _read_all(self.pipe_r, CHILD_WINDOW + 10)
+        finally:
+            os.close(self.pipe_r)
+            _reap(self.child_pid)
+        assert raw, "the child died without a report"
+        report: dict[str, Any] = json.loads(raw)
+        return report
+
+
+def run_fork_once(op: Op, fork: str, k: int, remote: Any) -> ForkProbe:
+    probe = ForkProbe("fork", "wake", k, fork=FORKS[fork])
+    pool = op.pool_class(
+        address=remote.address,
+        probe=probe,
+        reconnect_delay=0.002,
+        reconnect_max_delay=0.01,
+        **op.options,
+    )
+    probe.pool = pool
+    env = Env(pool, probe)
+    probe.helpers = env.helpers
+    where = f"{op.name}: fork ({fork}) at switch k={k}"
+    try:
+        if op.prepare is not None:
+            op.prepare(env)
+        pool.track_connects = op.track_connects
+        pool.track_pings = op.track_pings
+        caught = _run_fork_traced(op, env)
+        what = f"{where}, in the {probe.fired.role if probe.fired else '-'} greenlet"
+        assert caught is None, f"{what}: the operation failed in the parent: {caught!r}"
+        gevent.joinall(env.helpers, timeout=RUN_DEADLINE)
+        if probe.fired is not None:
+            report = probe.child_report()
+            assert not report["violations"], f"{what}: {report['violations'][0]}"
+        _fail_on(probe, what)
+        _check_slots(pool, what)  # every parent connection still answers its own requests
+        if probe.fired is not None:
+            said = remote.peers()["said"]
+            child = f".{report['pid']}"
+            for cid, port in pool.ports.items():
+                spoken = [c for c in said.get(port, []) if c.endswith(child)]
+                assert not spoken, f"{what}: the child sent {spoken} on parent connection #{cid}"
+    finally:
+        for gate in (pool.gate, pool.ping_gate):
+            if gate is not None:
+                gate.set()
+        pool.close()
+        gevent.killall(env.helpers)
+        probe.outer.close()
+        for sock in pool.sockets:
+            sock.close()
+    return probe
+
+
+def _run_fork_traced(op: Op, env: Env) -> BaseException | None:
+    probe = env.probe
+    assert isinstance(probe, ForkProbe)
+    caught: list[BaseException] = []
+
+    def caller() -> None:
+        if op.track_caller:
+            probe.track("caller")
+        try:
+            op.run(env)
+        except Exception as e:
+            caught.append(e)
+        finally:
+            probe.done.set()
+
+    with probe.installed():
+        g = gevent.spawn(caller)
+        g.join(RUN_DEADLINE)
+    if os.getpid() != probe.parent_pid:  # the child: its reporter ends the process
+        gevent.sleep(CHILD_WINDOW + 5)
+        os._exit(3)
+    assert g.dead, f"{op.name}: the operation hung for {RUN_DEADLINE}s"
+    return caught[0] if caught else None
+
+
+@pytest.fixture(scope="module")
+def recording_server() -> Iterator[Any]:
+    from .apps.recording_server import RemoteServer
+
+    with RemoteServer() as srv:
+        yield srv
+
+
+@pytest.mark.parametrize("fork", sorted(FORKS))
+@pytest.mark.parametrize("op", FORK_OPS, ids=[op.name for op in FORK_OPS])
+def test_fork_at_every_switch_never_touches_the_parent_connections(
+    op: Op, fork: str, recording_server: Any
+) -> None:
+    forked = 0
+    for k in range(1, FORK_MAX_K + 1):
+        probe = run_fork_once(op, fork, k, recording_server)
+        if probe.fired is None:
+            break
+        forked += 1
+    else:
+        raise AssertionError(f"{op.name}: still forking at k={FORK_MAX_K}")
+    assert forked >= 1, f"{op.name}: no switch point was reached"
+
+
+# -- an interrupt inside a contrib call ---------------------------------------------------------
+# RedisPool's execute() / pipeline() against a real redis-server, interrupted at each switch of
+# the calling greenlet with a gevent.Timeout that the caller catches inside the ``with`` block
+# (raised where the greenlet resumes, "wake", or thrown into it while it is blocked, "park").
+# The next command on that connection must raise a connection error (one of the pool's
+# exc_classes), never return the interrupted command's late reply, and the pool must discard the
+# connection when the block ends. ``CLIENT PAUSE 50`` (from another connection) delays the
+# replies, so the call always waits for them: a switch whatever the machine's speed.
+REDIS_CALLS: dict[str, Callable[[Any], Any]] = {
+    "execute": lambda conn: conn.execute("GET", "slow"),
+    "pipeline": lambda conn: conn.pipeline(("GET", "slow"), ("GET", "slow"), ("PING",)),
+}
+
+
+class _RedisInterrupter:
+    """Raises (or throws) ``timeout`` into ``target`` at its k-th switch back in."""
+
+    def __init__(self, target: greenlet.greenlet, k: int, mode: str) -> None:
+        self.target, self.k, self.mode = target, k, mode
+        self.count = 0
+        self.timeout = gevent.Timeout()  # never started: only raised by this hook
+        self.fired = False
+        self.armed = False
+
+    def trace(self, event: str, args: tuple[greenlet.greenlet, greenlet.greenlet]) -> None:
+        if self.fired or not self.armed or event not in ("switch", "throw"):
+            return
+        origin, target = args
+        if self.mode == "wake" and target is self.target:
+            self.count += 1
+            if self.count == self.k:
+                self.fired = True
+                raise self.timeout
+        elif self.mode == "park" and origin is self.target and event == "switch":
+            self.count += 1
+            if self.count == self.k:
+                get_hub().loop.run_callback(self._throw)
+
+    def _throw(self) -> None:
+        if self.armed and not self.target.dead:  # still inside the call
+            self.fired = True
+            self.target.throw(self.timeout)
+
+
+def _redis_interrupted_once(port: int, call: str, mode: str, k: int) -> tuple[bool, bool]:
+    """One run: did the call reach a k-th switch, and did the interrupt land inside the call."""
+    from geventconnpool.contrib.redis import RedisPool
+
+    pool = RedisPool(port=port, size=1, name=f"interrupt-{call}-{mode}-{k}")
+    try:
+        with pool.get(timeout=5) as conn:
+            conn.execute("SET", "slow", "value-of-slow")
+            conn.execute("SET", "other", "value-of-other")
+        before = pool.stats().discarded.total
+        hook = _RedisInterrupter(getcurrent(), k, mode)
+        old = greenlet.settrace(hook.trace)
+        try:
+            with pool.get(timeout=5) as conn:
+                try:
+                    resp_command(("127.0.0.1", port), "CLIENT", "PAUSE", "50")
+                    hook.armed = True
+                    REDIS_CALLS[call](conn)
+                    hook.armed = False
+                except gevent.Timeout as t:
+                    hook.armed = False
+                    assert t is hook.timeout, f"{call} ({mode}) k={k}: {t!r} is not ours"
+                    with pytest.raises(pool.exc_classes) as info:
+                        reply = conn.execute("GET", "other")
+                        pytest.fail(f"{call} ({mode}) k={k}: after the interrupt: {reply!r}")
+                    assert "broken" in str(info.value), info.value
+        finally:
+            greenlet.settrace(old)
+        if hook.fired:
+            assert pool.stats().discarded.total == before + 1, pool.stats().discarded
+            with pool.get(timeout=5) as conn:  # a new connection, in step with the server
+                assert conn.execute("GET", "other") == b"value-of-other"
+        return hook.count >= k, hook.fired
+    finally:
+        pool.close()
+
+
+@pytest.mark.parametrize("mode", ["wake", "park"])
+@pytest.mark.parametrize("call", sorted(REDIS_CALLS))
+def test_interrupted_redis_call_poisons_its_connection(
+    call: str,
+    mode: str,
+    redis_server: Any,  # noqa: F811
+) -> None:
+    fired = 0
+    for k in range(1, 21):
+        reached, landed = _redis_interrupted_once(redis_server.port, call, mode, k)
+        fired += landed
+        if not reached:
+            break
+    else:
+        raise AssertionError(f"{call} ({mode}): still interrupting at k=20")
+    assert fired >= 1, f"{call} ({mode}): no switch point was interrupted"

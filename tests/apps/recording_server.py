@@ -40,6 +40,8 @@ class RecordingServer(PingServer):
         self.names: dict[str, list[str]] = {}  # "ip:port" -> every name it was given, in order
         self._serving: dict[Any, str] = {}  # serving greenlet -> its connection's "ip:port"
         self._control: set[str] = set()  # connections that asked PEERS (not clients)
+        self.said: dict[str, list[str]] = {}  # "ip:port" -> every command it sent, in order
+        self.ended: list[str] = []  # connections the client closed (FIN) or QUIT, in order
 
     def _serve(self, conn: Any) -> None:
         me = getcurrent()
@@ -47,11 +49,15 @@ class RecordingServer(PingServer):
         try:
             super()._serve(conn)
         finally:
-            self._serving.pop(me, None)
+            peer = self._serving.pop(me, None)
+            if peer is not None and peer not in self._control:
+                self.ended.append(peer)
 
     def _reply(self, args: list[bytes]) -> tuple[bytes, bool]:  # type: ignore[override]
         peer = self._serving.get(getcurrent(), "?")
         command = args[0].upper()
+        if command != b"PEERS":
+            self.said.setdefault(peer, []).append(b" ".join(args).decode(errors="replace"))
         if command == b"CLIENT" and len(args) == 3 and args[1].upper() == b"SETNAME":
             self.names.setdefault(peer, []).append(args[2].decode())
         elif command == b"PEERS":
@@ -60,6 +66,8 @@ class RecordingServer(PingServer):
                 "accepted": self.accepted - len(self._control),
                 "open": sorted(p for p in map(_addr, self.peers) if p != peer),
                 "names": self.names,
+                "said": self.said,
+                "ended": self.ended,
             }
             body = json.dumps(report).encode()
             return b"$%d\r\n%s\r\n" % (len(body), body), False
@@ -124,7 +132,8 @@ class RemoteServer:
         self.address = ("127.0.0.1", int(line.split()[1]))
 
     def peers(self) -> dict[str, Any]:
-        """``{"accepted": n, "open": ["ip:port", ...], "names": {"ip:port": [name, ...]}}``."""
+        """``{"accepted": n, "open": ["ip:port", ...], "names": {"ip:port": [name, ...]},
+        "said": {"ip:port": [command, ...]}, "ended": ["ip:port", ...]}``."""
         with gevent.Timeout(10), socket.create_connection(self.address) as sock:
             sock.sendall(b"PEERS\r\n")
             data = b""
