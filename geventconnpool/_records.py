@@ -37,12 +37,13 @@ class Conn(Generic[C]):
         "last_ping",
         "last_used",
         "leak_reported",
+        "pid",
         "suspect",
         "taken_at",
         "uses",
     )
 
-    def __init__(self, conn: C, now: float, expires_at: float, generation: int) -> None:
+    def __init__(self, conn: C, now: float, expires_at: float, generation: int, pid: int) -> None:
         self.conn = conn
         self.id = next(_conn_ids)
         self.created_at = now
@@ -52,6 +53,7 @@ class Conn(Generic[C]):
         self.fresh_until = now  # handed out unchecked until then; 0 forces a check
         self.keepalive_every = INF  # this connection's jittered keepalive interval
         self.generation = generation
+        self.pid = pid  # the process that opened it: another process only ever forgets it
         self.uses = 0
         self.holder: greenlet | None = None  # the caller's greenlet; None when idle or pinged
         self.acquired_at = 0.0

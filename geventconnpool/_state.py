@@ -589,7 +589,7 @@ class PoolState(Generic[C]):
         expires = INF
         if p.max_lifetime is not None:
             expires = now + p.max_lifetime * (1.0 - p.lifetime_jitter * random.random())
-        rec: Conn[C] = Conn(conn, now, expires, self.generation)
+        rec: Conn[C] = Conn(conn, now, expires, self.generation, self.pid)
         rec.refresh(now, p.check_after)
         if p.keepalive is not None:
             rec.keepalive_every = p.keepalive * (1.0 - p.keepalive_jitter * random.random())
