@@ -139,6 +139,39 @@ OPTIONS: tuple[Option, ...] = (
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 
 
+class PoolOptions:
+    """A pool's options as attributes, read back as these types; the class attributes hold the
+    defaults of the table, and a subclass may override any of them."""
+
+    size: int
+    min_size: int
+    max_size: int
+    name: str
+    exc_classes: tuple[type[BaseException], ...]
+    keepalive: float | None
+    timeout: float | None
+    max_waiting: int | None
+    connect_timeout: float | None
+    reconnect_delay: float | None
+    reconnect_max_delay: float
+    fail_fast: bool
+    fail_fast_after: int
+    max_lifetime: float | None
+    lifetime_jitter: float
+    check_idle_after: float | None
+    keepalive_jitter: float
+    max_idle: float | None
+    lifo: bool
+    leak_timeout: float | None
+    max_connecting: int
+    fair_after: float
+
+
+for _opt in OPTIONS:  # sizes and name have no default: they are computed per pool
+    if _opt.name not in ("min_size", "max_size", "name"):
+        setattr(PoolOptions, _opt.name, _opt.default)
+
+
 def check_sizes(size: Any, min_size: Any, max_size: Any) -> tuple[int, int]:
     """``size`` means min_size == max_size == size, unless they are given too."""
     size = check_int("size", size, 1, optional=True)

@@ -34,7 +34,7 @@ from ._messages import (
     timeout_error,
     wrong_hub_error,
 )
-from ._options import BY_NAME, OPTIONS, assign, check_seconds, check_sizes, configure
+from ._options import BY_NAME, PoolOptions, assign, check_seconds, check_sizes, configure
 from ._records import Conn, Waiter
 from ._state import HANDOFF, SLOW, Plan, Policy, PoolState
 from .errors import (
@@ -112,7 +112,7 @@ class _Checkout(Generic[C]):
             self._pool._reclaim_leaked(rec)
 
 
-class ConnectionPool(Hooks[C]):
+class ConnectionPool(PoolOptions, Hooks[C]):
     """A pool of connections for gevent; subclass it and implement :meth:`_new_connection`.
 
     ``ConnectionPool(size)`` keeps ``size`` connections open, as in 0.2.1; every other option is a
@@ -122,30 +122,6 @@ class ConnectionPool(Hooks[C]):
 
     #: Seconds between starting connection i and i+1 when filling the pool (0.2.1's name).
     SPAWN_FREQUENCY: float = 0.1
-
-    # Options (defaults from _options.OPTIONS, set below the class); read back as these types.
-    size: int
-    min_size: int
-    max_size: int
-    name: str
-    exc_classes: tuple[type[BaseException], ...]
-    keepalive: float | None
-    timeout: float | None
-    max_waiting: int | None
-    connect_timeout: float | None
-    reconnect_delay: float | None
-    reconnect_max_delay: float
-    fail_fast: bool
-    fail_fast_after: int
-    max_lifetime: float | None
-    lifetime_jitter: float
-    check_idle_after: float | None
-    keepalive_jitter: float
-    max_idle: float | None
-    lifo: bool
-    leak_timeout: float | None
-    max_connecting: int
-    fair_after: float
 
     def __init__(
         self,
@@ -639,8 +615,3 @@ class ConnectionPool(Hooks[C]):
         if self._state.opened and not self._state.closed and not self._maint.started:
             self._maint.start()
             self._apply(self._state.plan_connects(_monotonic()))
-
-
-for _opt in OPTIONS:  # the class attributes a subclass may override: defaults from the table
-    if _opt.name not in ("min_size", "max_size", "name"):
-        setattr(ConnectionPool, _opt.name, _opt.default)
