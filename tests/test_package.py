@@ -24,9 +24,10 @@ ROOT = Path(__file__).resolve().parent.parent
 EXTRAS = {
     "geventconnpool.contrib.thrift": ("thriftpy2", "thrift"),
     "geventconnpool.contrib.prometheus": ("prometheus_client", "prometheus"),
+    "geventconnpool.contrib.redispy": ("redis", "redis"),
 }
 # Everything those extras and the postgres one install: blocked to show a module needs none.
-ALL_EXTRA_PACKAGES = ["thriftpy2", "prometheus_client", "psycopg2", "psycogreen", "pg8000"]
+ALL_EXTRA_PACKAGES = ["thriftpy2", "prometheus_client", "psycopg2", "psycogreen", "pg8000", "redis"]
 
 
 def public_modules() -> list[str]:

@@ -24,6 +24,8 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+from ._extras import missing_extra
+
 try:
     import redis
     import redis.exceptions
@@ -34,9 +36,7 @@ try:
     )
     from redis.connection import ConnectionPool as _RedisPyPool
 except ImportError as exc:  # pragma: no cover - the extra is not installed
-    raise ImportError(
-        "geventconnpool.contrib.redispy needs redis-py: pip install 'geventconnpool[redis]'"
-    ) from exc
+    raise missing_extra("redis", "redis", __name__, exc) from exc
 
 from ..errors import PoolError
 from ..pool import ConnectionPool
