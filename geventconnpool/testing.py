@@ -117,7 +117,7 @@ def _kill_others(greenlets: list[Greenlet[..., None]]) -> None:
         gevent.killall(others, block=True)
 
 
-class _Conn:
+class _ServerSide:
     """One accepted connection: the sockets and greenlets it owns, torn down together.
 
     Sockets are registered here *before* any greenlet could block, and :meth:`close` kills the
@@ -167,7 +167,7 @@ class _LoopbackServer:
         self._port = port
         self._listener: gsocket.socket | None = None
         self._acceptor: Greenlet[..., None] | None = None
-        self._conns: dict[_Conn, None] = {}
+        self._conns: dict[_ServerSide, None] = {}
         self._started = False
         self.accepted = 0
         """Connections accepted since :meth:`start` (keeps counting across restarts)."""
@@ -275,7 +275,7 @@ class _LoopbackServer:
                     continue
                 return  # listener closed
             self.accepted += 1
-            conn = _Conn(self, sock, (str(addr[0]), int(addr[1])))
+            conn = _ServerSide(self, sock, (str(addr[0]), int(addr[1])))
             self._conns[conn] = None
             try:
                 sock.setsockopt(gsocket.IPPROTO_TCP, gsocket.TCP_NODELAY, 1)
@@ -283,7 +283,7 @@ class _LoopbackServer:
                 pass
             conn.spawn(self._run_conn, conn)
 
-    def _run_conn(self, conn: _Conn) -> None:
+    def _run_conn(self, conn: _ServerSide) -> None:
         """Serve one connection and close it when serving ends (unless already being closed)."""
         try:
             self._serve(conn)
@@ -292,7 +292,7 @@ class _LoopbackServer:
         finally:
             conn.close()
 
-    def _serve(self, conn: _Conn) -> None:
+    def _serve(self, conn: _ServerSide) -> None:
         raise NotImplementedError
 
 
@@ -474,7 +474,7 @@ class PingServer(_LoopbackServer):
         self._listen()
         self._started = True
 
-    def _serve(self, conn: _Conn) -> None:
+    def _serve(self, conn: _ServerSide) -> None:
         sock = conn.client
         reader = _CommandReader()
         resp3 = False
@@ -638,7 +638,7 @@ class FaultProxy(_LoopbackServer):
             if self._started:
                 self._listen()
 
-    def _serve(self, conn: _Conn) -> None:
+    def _serve(self, conn: _ServerSide) -> None:
         """Wait for the new-connection gate, connect to the target and start both pumps."""
         conn.budget = self._close_after
         self._new_gate.wait()
@@ -651,7 +651,7 @@ class FaultProxy(_LoopbackServer):
         conn.spawn(self._pump, conn, client, upstream, False)
         conn.spawn(self._pump, conn, upstream, client, True)
 
-    def _run_conn(self, conn: _Conn) -> None:
+    def _run_conn(self, conn: _ServerSide) -> None:
         # The set-up greenlet must not close the connection when it returns normally: the pumps
         # now own it.  It closes it only if connecting to the target failed (or it was killed).
         done = False
@@ -664,7 +664,7 @@ class FaultProxy(_LoopbackServer):
             if not done:
                 conn.close()
 
-    def _pump(self, conn: _Conn, src: gsocket.socket, dst: gsocket.socket, to_client: bool) -> None:
+    def _pump(self, conn: _ServerSide, src: gsocket.socket, dst: gsocket.socket, to_client: bool) -> None:
         """Copy ``src`` to ``dst`` chunk by chunk, applying faults; closes both sides at the end."""
         try:
             while True:
