@@ -664,7 +664,9 @@ class FaultProxy(_LoopbackServer):
             if not done:
                 conn.close()
 
-    def _pump(self, conn: _ServerSide, src: gsocket.socket, dst: gsocket.socket, to_client: bool) -> None:
+    def _pump(
+        self, conn: _ServerSide, src: gsocket.socket, dst: gsocket.socket, to_client: bool
+    ) -> None:
         """Copy ``src`` to ``dst`` chunk by chunk, applying faults; closes both sides at the end."""
         try:
             while True:
