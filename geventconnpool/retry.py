@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, TypeAlias, TypeVar, overload
 
 import gevent
 
@@ -27,7 +27,9 @@ __all__ = ["MAX_FAILURE_LOG_MESSAGE", "RETRY_LOG_MESSAGE", "RetryBudget", "retry
 
 P = ParamSpec("P")
 R = TypeVar("R")
-Logger = logging.Logger | logging.LoggerAdapter[Any]
+Logger: TypeAlias = (
+    "logging.Logger | logging.LoggerAdapter[Any]"  # a string: 3.10 cannot subscript it
+)
 
 RETRY_LOG_MESSAGE = "Connection broken in '{func}' (error: '{err}'); retrying with new connection."
 MAX_FAILURE_LOG_MESSAGE = "Max retries reached for '{func}'. Aborting."
