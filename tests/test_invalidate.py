@@ -44,8 +44,8 @@ def test_fresh_connections_are_made_in_the_background(
     wait_until(lambda: pool.stats().idle == 3, what="the refill")
     new = {_local(conn) for conn in pool.opened[3:]}
     assert not new & old
-    assert _open_on_server(server) == new
-    assert server.accepted == 6
+    wait_until(lambda: server.accepted == 6, what="the server accepting the 3 new connects")
+    wait_until(lambda: _open_on_server(server) == new, what="only the new ones open on the server")
 
 
 def test_in_use_connection_works_until_returned_then_closes(

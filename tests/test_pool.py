@@ -31,7 +31,8 @@ def test_constructor_never_blocks_or_raises_for_a_down_backend(make_pool: MakePo
 def test_pool_fills_itself_in_the_background(make_pool: MakePool, server: PingServer) -> None:
     pool = make_pool(4)
     pool.wait_ready(5)
-    assert pool.stats().idle == 4 and server.accepted == 4
+    wait_until(lambda: server.accepted == 4, what="the server accepting the 4 connects")
+    assert pool.stats().idle == 4
 
 
 # --------------------------------------------------------------------------- inside the block
