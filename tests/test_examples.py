@@ -264,8 +264,10 @@ def test_gunicorn_post_worker_init_opens_a_pool_in_each_worker(
 ) -> None:
     g = gunicorn("-c", "python:examples.gunicorn_app")
     # before any request: both workers have opened a pool of their own, the master none
+    line = r"worker (\d+): pool 'ping' open \((\d+) connections\)"
     g.wait_for(lambda: server.active == 2 * POOL_SIZE, "both workers' pools")
-    opened = re.findall(r"worker (\d+): pool 'ping' open \((\d+) connections\)", g.output())
+    g.wait_for(lambda: len(re.findall(line, g.output())) == 2, "both workers' log lines")
+    opened = re.findall(line, g.output())
     assert {int(pid) for pid, _ in opened} == g.workers(), g.output()
     assert all(int(n) == POOL_SIZE for _, n in opened), g.output()
     g.wait_serving()
