@@ -28,3 +28,17 @@ def closing() -> Iterator[list[ConnectionPool[Any]]]:
     yield made
     for pool in made:
         pool.close()
+
+
+@pytest.fixture(scope="module")
+def psycopg2() -> Iterator[Any]:
+    """psycopg2 with psycogreen's wait callback: its I/O yields to other greenlets."""
+    module = pytest.importorskip("psycopg2")
+    import psycogreen.gevent
+    import psycopg2.extensions
+
+    psycogreen.gevent.patch_psycopg()
+    try:
+        yield module
+    finally:
+        psycopg2.extensions.set_wait_callback(None)

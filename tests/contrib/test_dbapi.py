@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +22,6 @@ from tests.servers import PostgresServer, wait_until
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(60)]
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def psycopg2() -> Iterator[Any]:
-    """psycopg2 with psycogreen's wait callback: its I/O yields to other greenlets."""
-    module = pytest.importorskip("psycopg2")
-    import psycogreen.gevent
-    import psycopg2.extensions
-
-    psycogreen.gevent.patch_psycopg()
-    try:
-        yield module
-    finally:
-        psycopg2.extensions.set_wait_callback(None)
 
 
 @pytest.fixture

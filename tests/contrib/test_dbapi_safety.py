@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import types
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +23,6 @@ from tests.servers import PostgresServer
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(60)]
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def psycopg2() -> Iterator[Any]:
-    module = pytest.importorskip("psycopg2")
-    import psycogreen.gevent
-    import psycopg2.extensions
-
-    psycogreen.gevent.patch_psycopg()
-    try:
-        yield module
-    finally:
-        psycopg2.extensions.set_wait_callback(None)
 
 
 # -- the convention -------------------------------------------------------------------------------
