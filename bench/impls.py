@@ -473,6 +473,12 @@ class OursFifo(Ours):
     options: ClassVar[dict[str, Any]] = {"fair_after": 0}
 
 
+class OursFixed(Ours):
+    """The fixed 30 ms bound of the release before the adaptive one (``fair_floor=fair_after``)."""
+
+    options: ClassVar[dict[str, Any]] = {"fair_after": 0.03, "fair_floor": 0.03}
+
+
 #: Every adapter by key (the parent's ``bench.run.LABELS`` has the same keys, in table order).
 ADAPTERS: dict[str, type[Impl]] = {
     "bare": Bare,
@@ -484,6 +490,7 @@ ADAPTERS: dict[str, type[Impl]] = {
     "redispy": RedisPy,
     "sqlalchemy": Sqlalchemy,
     "ours": Ours,
+    "ours_fixed": OursFixed,
     "ours_fifo": OursFifo,
     "ours_redispy": OursRedisPy,
 }

@@ -35,10 +35,11 @@ LABELS = {
     "redispy": "redis-py BlockingConnectionPool",
     "sqlalchemy": "SQLAlchemy QueuePool",
     "ours": "geventconnpool (default)",
+    "ours_fixed": "geventconnpool, fixed 30 ms bound",
     "ours_fifo": "geventconnpool, fair_after=0",
     "ours_redispy": "geventconnpool RedisPyConnectionPool",
 }
-WORKLOADS = ("ping", "cycle", "single", "spike")
+WORKLOADS = ("ping", "slow", "cycle", "single", "spike")
 DEFAULT_OUT = REPO / "bench" / "results"
 
 
@@ -52,6 +53,17 @@ def plans(quick: bool) -> dict[str, dict[str, Any]]:
             "rounds": 1 if q else 5,
             "timeout": 60,
             "params": {"size": 20, "greenlets": [200, 50], "duration": 0.2 if q else 1.0} | loop,
+        },
+        "slow": {
+            "rounds": 1 if q else 3,
+            "timeout": 60,
+            "params": {
+                "size": 20,
+                "greenlets": [200],
+                "hold_ms": [5, 50],
+                "duration": 0.5 if q else 3.0,
+            }
+            | loop,
         },
         "cycle": {
             "rounds": 1 if q else 4,

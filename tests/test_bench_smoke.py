@@ -1,7 +1,7 @@
 """Smoke test of the benchmark harness (bench/): one quick round of every workload.
 
-On the embedded PING server, for the bare queue and this pool (default and ``fair_after=0``,
-which is n/a until the pool has that option): a few seconds of measuring. It checks the
+On the embedded PING server, for the bare queue and this pool (default, the fixed 30 ms bound
+and ``fair_after=0``): a few seconds of measuring. It checks the
 structure of the results, and that every ratio and every target verdict is computed from the
 numbers the children measured, not what the numbers are.
 """
@@ -27,7 +27,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]
     out = tmp_path_factory.mktemp("bench")
     cmd = [
         sys.executable, "-m", "bench", "--quick", "--server", "embedded", "--impls",
-        "bare,ours,ours_fifo", "--no-chart", "--no-pin", "--out", str(out),
+        "bare,ours,ours_fixed,ours_fifo", "--no-chart", "--no-pin", "--out", str(out),
     ]  # fmt: skip
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=140, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -36,8 +36,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]
 
 def test_every_workload_measured_for_bare_and_ours(run: tuple[Path, dict[str, Any]]) -> None:
     _, doc = run
-    assert set(doc["results"]) == {"ping", "cycle", "single", "spike"}
-    expected = {"ping": {"200", "50"}, "single": {"1"}, "spike": {"burst"}}
+    assert set(doc["results"]) == {"ping", "slow", "cycle", "single", "spike"}
+    expected = {"ping": {"200", "50"}, "slow": {"200"}, "single": {"1"}, "spike": {"burst"}}
     expected["cycle"] = {f"{s}/{g}" for s in (10, 1000, 10000) for g in (50, 200)}
     for workload, cells in expected.items():
         ours = doc["results"][workload]["ours"]
@@ -46,8 +46,8 @@ def test_every_workload_measured_for_bare_and_ours(run: tuple[Path, dict[str, An
         for cell in ours["cells"].values():
             assert cell["median"] > 0 and cell["errors"] == 0 and cell["hung"] == 0
     assert doc["results"]["spike"]["bare"]["status"].startswith("n/a")  # fixed size
-    fifo = doc["results"]["ping"]["ours_fifo"]
-    assert fifo["status"] is None or fifo["status"].startswith("n/a: this pool has no fair_after")
+    for variant in ("ours_fixed", "ours_fifo"):
+        assert doc["results"]["ping"][variant]["status"] is None, variant
 
 
 def test_ratios_are_the_measured_numbers_divided_by_the_bare_queue(

@@ -16,7 +16,7 @@ from typing import Any
 import gevent
 
 from bench.common import Budget, histogram, join, ping
-from bench.impls import Impl
+from bench.impls import Impl, NotApplicable
 
 
 def run(make: Any, p: dict[str, Any]) -> dict[str, Any]:
@@ -31,12 +31,14 @@ def measure(impl: Impl, greenlets: int, p: dict[str, Any]) -> dict[str, Any]:
     return loop(impl, greenlets, p["duration"], p["max_ops"])
 
 
-def loop(impl: Impl, greenlets: int, seconds: float, max_ops: int) -> dict[str, Any]:
+def loop(
+    impl: Impl, greenlets: int, seconds: float, max_ops: int, slow: Slow | None = None
+) -> dict[str, Any]:
     """``greenlets`` greenlets send PINGs until the budget is spent."""
     budget, now = Budget.of(max_ops, seconds), time.perf_counter
     waits: list[float] = []
     latencies: list[float] = []
-    request, undo = timed_request(impl, waits)
+    request, undo = timed_request(impl, waits, slow)
 
     def worker() -> None:
         while budget.take():
@@ -67,7 +69,13 @@ def loop(impl: Impl, greenlets: int, seconds: float, max_ops: int) -> dict[str, 
     }
 
 
-def timed_request(impl: Impl, waits: list[float]) -> tuple[Callable[[], Any], Callable[[], None]]:
+#: Makes a backend slow: called after each PING with the connection still held.
+Slow = Callable[[], None]
+
+
+def timed_request(
+    impl: Impl, waits: list[float], slow: Slow | None = None
+) -> tuple[Callable[[], Any], Callable[[], None]]:
     """A request that appends its wait for a connection to ``waits``; how to undo that."""
     now = time.perf_counter
     if impl.client is not None:
@@ -81,6 +89,8 @@ def timed_request(impl: Impl, waits: list[float]) -> tuple[Callable[[], Any], Ca
             return conn
 
         pool.get_connection = timed_get
+        if slow is not None:
+            raise NotApplicable("a slow backend is simulated on raw sockets only")
         return impl.client.ping, lambda: vars(pool).pop("get_connection", None)
     hold = impl.hold
 
@@ -89,5 +99,7 @@ def timed_request(impl: Impl, waits: list[float]) -> tuple[Callable[[], Any], Ca
         with hold() as sock:
             waits.append(now() - t0)
             ping(sock)
+            if slow is not None:
+                slow()
 
     return request, lambda: None
