@@ -1,4 +1,5 @@
-"""Quick chaos runs for ``make test``: each scenario for 3 s, and a 20,000-checkout soak.
+"""Quick chaos runs for ``make test``: each scenario for 3 s, a 20,000-checkout soak, 12,000
+get()s giving up on an exhausted pool, and each hook raising a BaseException for 2 s.
 
 ``python -m tests.chaos`` (``make chaos``) runs the full-length ones and publishes the figures.
 """
@@ -8,11 +9,37 @@ from __future__ import annotations
 import pytest
 
 from .chaos.backends import find_redis_server, in_ci
+from .chaos.exhaustion import run_exhaustion
+from .chaos.hooks import HOOKS, HookError, run_hook
 from .chaos.scenarios import FAULTS, ScenarioResult, run_scenario
 from .chaos.soak import run_soak
 
 QUICK_SECONDS = 3.0
 QUICK_CHECKOUTS = 20_000
+QUICK_GETS = 12_000
+QUICK_HOOK_SECONDS = 2.0
+
+# Defects of today's core that these runs catch; the lead removes the marks once branch core (which
+# fixes them) is merged: strict, so a fixed defect turns its test red until the mark goes.
+DEFECT_1 = pytest.mark.xfail(
+    strict=True, raises=AssertionError, reason="issue 19 defect 1, fixed in branch core"
+)
+DEFECT_2 = pytest.mark.xfail(
+    strict=True, raises=AssertionError, reason="issue 19 defect 2, fixed in branch core"
+)
+CHECKOUT_STORM = pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="issue 19 'BaseException from every hook': a new connection whose first _check or "
+    "_on_acquire raises a BaseException is replaced at once, without backoff (an Exception "
+    "backs off); not fixed in branch core as of 1a64fe2",
+)
+HOOK_MARKS = {
+    "_new_connection": DEFECT_2,
+    "_on_connect": DEFECT_2,
+    "_check": CHECKOUT_STORM,
+    "_on_acquire": CHECKOUT_STORM,
+}
 
 
 def assert_promises_kept(r: ScenarioResult) -> None:
@@ -45,4 +72,32 @@ def test_quick_soak_counters_add_up_and_nothing_leaks() -> None:
     assert not broken, f"counters do not add up: {broken}"
     assert r.fds_end == r.fds_start
     assert r.checkouts >= QUICK_CHECKOUTS
+    assert r.passed, r.problems
+
+
+@DEFECT_1
+def test_quick_exhausted_pool_keeps_memory_flat_and_loses_no_slot() -> None:
+    r = run_exhaustion(QUICK_GETS, max_seconds=60.0)
+    assert r.gave_up >= QUICK_GETS and not r.handed_out and not r.late
+    assert r.traced_exhausted - r.traced_warm < 256 * 1024, f"{r.bytes_per_get:.0f} B per get()"
+    assert r.held_at_once == r.max_size
+    assert r.passed, r.problems
+
+
+@pytest.mark.parametrize("hook", [pytest.param(h, marks=HOOK_MARKS.get(h, ())) for h in HOOKS])
+def test_quick_hook_raising_a_base_exception_causes_no_storm_and_loses_no_slot(hook: str) -> None:
+    r = run_hook(hook, QUICK_HOOK_SECONDS)
+    assert r.raised, f"{hook} was never called while it was to raise"
+    assert r.connects_always <= r.bound_always, f"connect storm: {r.connects_always} attempts"
+    assert r.held_at_once == r.max_size and r.hung == 0 and r.late_gets == 0
+    assert r.passed, r.problems
+
+
+@pytest.mark.parametrize("hook", ["_new_connection", "_check"])
+def test_quick_hook_raising_an_exception_keeps_the_same_bound(hook: str) -> None:
+    """The reference: with an ordinary Exception the pool keeps the bound the BaseException runs
+    are held to (connect failures and new connections failing their first check back off)."""
+    r = run_hook(hook, QUICK_HOOK_SECONDS, error=HookError)
+    assert r.raised
+    assert r.connects_always <= r.bound_always, f"connect storm: {r.connects_always} attempts"
     assert r.passed, r.problems

@@ -5,6 +5,8 @@
     python -m tests.chaos --soak           # only the soak
     python -m tests.chaos --only scenarios --backend ping --scenario refuse --seconds 10
     python -m tests.chaos --only budget    # plain @retry vs a RetryBudget under a 3 s outage
+    python -m tests.chaos --only exhaustion --gets 20000   # get()s timing out on a full pool
+    python -m tests.chaos --only hooks --hook _on_connect --seconds 3   # BaseException hooks
 
 Exits 1 if any promise was broken (known bugs, listed in the report, do not count).
 """
@@ -20,11 +22,13 @@ from .backends import find_redis_server, in_ci
 from .budget import compare, ratio_line, summary
 from .client import RequestPolicy
 from .contract import run_contract
-from .report import Report, environment, write
+from .exhaustion import run_exhaustion
+from .hooks import HOOKS, HookError, HookFault, run_hooks
+from .report import Report, environment, exhaustion_line, hook_line, write
 from .scenarios import FAULTS, MAX_SIZE, MIN_SIZE, WORKERS, run_scenario
 from .soak import run_soak
 
-PARTS = ("scenarios", "contract", "soak", "budget")
+PARTS = ("scenarios", "contract", "soak", "budget", "exhaustion", "hooks")
 ROOT = Path(__file__).resolve().parents[2]
 #: Contract cases ("case@T") that fail because of an open pool bug pinned by a strict xfail test;
 #: listed in the report and not counted as failures. None is open now.
@@ -42,6 +46,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=WORKERS)
     p.add_argument("--checkouts", type=int, help="soak bound (default 2,000,000; quick 20,000)")
     p.add_argument("--soak-seconds", type=float, help="soak time bound (default 600; quick 60)")
+    p.add_argument("--gets", type=int, help="exhaustion: get()s that give up (100,000; 12,000)")
+    p.add_argument("--hook", action="append", choices=HOOKS, help="hooks: only these")
+    p.add_argument(
+        "--hook-error",
+        choices=("base", "exception"),
+        default="base",
+        help="hooks: raise a BaseException (the test) or an Exception (the reference)",
+    )
     p.add_argument("--report-dir", type=Path, default=ROOT / "reports")
     p.add_argument("--no-docs", action="store_true", help="do not update docs/reliability.rst")
     return p.parse_args(argv)
@@ -92,7 +104,15 @@ def main(argv: list[str] | None = None) -> int:
         for run in report.budget:
             _say(summary(run))
         _say(ratio_line(*report.budget))
-    full = not args.quick and parts == set(PARTS) and args.scenario is None
+    if "exhaustion" in parts:
+        gets = args.gets or (12_000 if args.quick else 100_000)
+        _say(f"exhaustion: {gets:,} get()s time out or are killed on an exhausted pool")
+        report.exhaustion = run_exhaustion(gets, 60.0 if args.quick else 300.0)
+        _say(exhaustion_line(report.exhaustion))
+    if "hooks" in parts:
+        _hooks(args, report)
+    full = not args.quick and parts == set(PARTS) and args.scenario is None and not args.hook
+    full = full and args.hook_error == "base"
     stem = "chaos-latest" if full else "chaos-quick" if args.quick else "chaos-partial"
     docs = None if args.no_docs or not full else ROOT / "docs" / "reliability.rst"
     readme = None if args.no_docs or not full else ROOT / "README.rst"
@@ -132,6 +152,16 @@ def _scenarios(args: argparse.Namespace, seconds: float, report: Report) -> bool
                 f"{verdict}"
             )
     return True
+
+
+def _hooks(args: argparse.Namespace, report: Report) -> None:
+    seconds = args.seconds or (3.0 if args.quick else 10.0)
+    error = HookError if args.hook_error == "exception" else HookFault
+    for hook in args.hook or HOOKS:
+        _say(f"hooks: {hook} raises {error.__name__} ({seconds:g} s)")
+        result = run_hooks([hook], seconds, error=error)[0]
+        report.hooks.append(result)
+        _say(hook_line(result))
 
 
 def _say(text: str) -> None:

@@ -21,6 +21,8 @@ import greenlet
 
 from .budget import BudgetRun, ratio_line, summary
 from .contract import ContractResult
+from .exhaustion import ExhaustionResult
+from .hooks import CONNECT_HOOKS, FRACTION, GET_TIMEOUT, RECOVERY_BOUND, SLACK, HookResult
 from .scenarios import ScenarioResult
 from .soak import SoakResult
 
@@ -44,6 +46,8 @@ class Report:
     known: dict[str, str] = field(default_factory=dict)  # contract case@T -> the known bug
     soak: SoakResult | None = None
     budget: list[BudgetRun] = field(default_factory=list)  # plain @retry, then with a budget
+    exhaustion: ExhaustionResult | None = None
+    hooks: list[HookResult] = field(default_factory=list)
     seconds: float = 0.0  # the whole run, wall clock
     environment: dict[str, str] = field(default_factory=dict)
 
@@ -56,6 +60,9 @@ class Report:
         if self.soak is not None:
             out += [f"soak: {p}" for p in self.soak.problems]
         out += [f"budget/{r.label}: {p}" for r in self.budget for p in r.problems]
+        if self.exhaustion is not None:
+            out += [f"exhaustion: {p}" for p in self.exhaustion.problems]
+        out += [f"hooks/{r.hook} ({r.error}): {p}" for r in self.hooks for p in r.problems]
         return out
 
     def as_dict(self) -> dict[str, Any]:
@@ -71,6 +78,8 @@ class Report:
             "known_bugs": self.known,
             "soak": None if self.soak is None else self.soak.as_dict(),
             "budget": [r.as_dict() for r in self.budget],
+            "exhaustion": None if self.exhaustion is None else self.exhaustion.as_dict(),
+            "hooks": [r.as_dict() for r in self.hooks],
             "failures": self.failures(),
             "passed": not self.failures(),
         }
@@ -176,7 +185,125 @@ def tables(report: Report) -> list[Table]:
         if len(report.budget) == 2:
             notes.append(ratio_line(*report.budget))
         out.append(("Retry budget", ["run", "summary"], [], notes))
+    if report.exhaustion is not None:
+        out.append(exhaustion_table(report.exhaustion))
+    if report.hooks:
+        out.append(hooks_table(report.hooks))
     return out
+
+
+def _kb(n: float) -> str:
+    return f"{n / 1024:,.0f}"
+
+
+def exhaustion_line(r: ExhaustionResult) -> str:
+    """One line for the console."""
+    return (
+        f"exhaustion: {r.timed_out:,} timed out + {r.killed:,} killed in {r.seconds:g} s; traced "
+        f"kB after warm-up {_kb(r.traced_warm)}, peak {_kb(r.traced_peak)}, end "
+        f"{_kb(r.traced_exhausted)}, after release {_kb(r.traced_after)} "
+        f"({r.bytes_per_get:,.1f} bytes per get()); RSS kB {r.rss_warm_kb:,} -> "
+        f"{r.rss_exhausted_kb:,} -> {r.rss_after_kb:,}; held at once after "
+        f"{r.held_at_once}/{r.max_size}: "
+        + ("pass" if r.passed else "FAIL " + "; ".join(r.problems))
+    )
+
+
+def exhaustion_table(r: ExhaustionResult) -> Table:
+    head = [
+        "gave up (timed out + killed)",
+        "late / stuck",
+        "handed out while held",
+        "traced kB: warm-up / peak / end / after release",
+        "bytes kept per get()",
+        "RSS kB: warm-up / end / after release",
+        "served after / held at once",
+        "result",
+    ]
+    row = [
+        f"{r.gave_up:,} ({r.timed_out:,} + {r.killed:,})", f"{r.late} / {r.stuck}",
+        str(r.handed_out),
+        " / ".join(_kb(v) for v in (r.traced_warm, r.traced_peak, r.traced_exhausted,
+                                    r.traced_after)),
+        f"{r.bytes_per_get:,.1f}",
+        f"{r.rss_warm_kb:,} / {r.rss_exhausted_kb:,} / {r.rss_after_kb:,}",
+        f"{r.served_after:,} / {r.held_at_once} of {r.max_size}",
+        "pass" if r.passed else "FAIL",
+    ]  # fmt: skip
+    notes = [
+        f"All {r.max_size} connections held while rounds of {r.round_size} fresh greenlets each "
+        f"call get(timeout={r.timeout:g}) and time out, and rounds of {r.round_size} greenlets "
+        f"waiting in get() are killed once all are in line ({r.seconds:g} s). Memory is traced "
+        "by tracemalloc after a gc, with the load paused: after the first tenth (the baseline), "
+        "at the end of the exhaustion, and after the holders released and 1,000 requests ran "
+        f"one by one on the fast path; allowed growth 256 kB however many get()s gave up.",
+        f"Stats: {_stats_line(r.stats)}.",
+        *(f"FAIL: {p}" for p in r.problems),
+    ]
+    return "Exhausted pool", head, [row], notes
+
+
+def _stats_line(s: dict[str, Any]) -> str:
+    keys = ("open", "idle", "in_use", "waiting", "acquired", "created", "timeouts")
+    return ", ".join(f"{k} {s[k]}" for k in keys if k in s) or "none"
+
+
+def hook_line(r: HookResult) -> str:
+    """One line per hook run for the console."""
+    outcomes = ", ".join(f"{k} {v}" for k, v in r.outcomes.items())
+    return (
+        f"hooks/{r.hook} ({r.error}): raised {r.raised}; {r.attempted} requests ({outcomes}); "
+        f"connects {r.connects} ({r.connects_raised} raised, connect_failures "
+        f"{r.stats.get('connect_failures')}); connects/s {r.per_second(r.connects_fraction):,.0f}"
+        f" at {FRACTION:g}, {r.per_second(r.connects_always):,.0f} on every call (bound "
+        f"{r.bound_always} in {r.stop_at - r.always_at:g} s); served again after "
+        f"{_ms(r.recovery_s)}; held at once {r.held_at_once}/{r.max_size}; greenlets died "
+        f"{sum(r.hub_errors.values())}: "
+        + ("pass" if r.passed else "FAIL " + "; ".join(r.problems))
+    )
+
+
+def _ms(seconds: float | None) -> str:
+    return "never" if seconds is None else f"{seconds * 1000:.0f} ms"
+
+
+def hooks_table(results: list[HookResult]) -> Table:
+    head = ["hook", "raises", "requests", "outcomes", "connects (raised) / connect_failures",
+            f"connects/s: raising on {FRACTION:g} / on every call", "bound (every call)",
+            "worst get() (s)", "served again after", "held at once", "greenlets died",
+            "result"]  # fmt: skip
+    rows = []
+    for r in results:
+        outcomes = ", ".join(f"{k} {v}" for k, v in r.outcomes.items())
+        rows.append([
+            r.hook, r.error, str(r.attempted), outcomes,
+            f"{r.connects} ({r.connects_raised}) / {r.stats.get('connect_failures')}",
+            f"{r.per_second(r.connects_fraction):,.0f} / {r.per_second(r.connects_always):,.0f}",
+            f"{r.connects_always} <= {r.bound_always}", f"{r.worst_get_s:.3f}",
+            _ms(r.recovery_s), f"{r.held_at_once} / {r.max_size}",
+            str(sum(r.hub_errors.values())), "pass" if r.passed else "FAIL",
+        ])  # fmt: skip
+    first = results[0]
+    notes = [
+        f"Each hook in its own {first.seconds:g} s run: {first.workers} greenlets (5 for "
+        "_keepalive, so connections idle long enough to be pinged) do ECHO requests on a pool "
+        f"of 2 to {first.max_size} (reconnect_delay 0.1 s) against the PING server; 2% of "
+        f"requests find their connection broken. The hook raises on {FRACTION:g} of its calls "
+        f"from {first.fraction_at:g} s, on every call from {first.always_at:g} s, and stops at "
+        f"{first.stop_at:g} s. HookFault is a BaseException subclass (not an Exception); "
+        "HookError an Exception (the reference run).",
+        "Bound on connect attempts while the hook raises on every call: max_size + "
+        "max(max_connecting, min_size) x (1 + t / min(reconnect_delay x 0.5, 0.2 s)) + one per "
+        "used connection closed meanwhile (a connection that served a request or a ping is "
+        "replaced at once, as after any error); a connect that raises, or a new connection "
+        "failing its first check, waits for the backoff.",
+        f"Every get() must end within {GET_TIMEOUT + SLACK:g} s; requests must be served again "
+        f"within {RECOVERY_BOUND:g} s of the hook stopping; then max_size greenlets hold a "
+        "connection at once. Greenlets died: tracebacks the hub printed (a pool greenlet "
+        f"killed by the hook's error). Connect hooks: {', '.join(CONNECT_HOOKS)}.",
+        *(f"FAIL {r.hook} ({r.error}): {p}" for r in results for p in r.problems),
+    ]
+    return "BaseException from a hook", head, rows, notes
 
 
 def provenance(report: Report, code: str) -> str:
@@ -259,6 +386,20 @@ def readme_summary(data: dict[str, Any]) -> str:
             f"random faults; {held} of {len(soak['identities'])} counter identities hold; "
             f"descriptors {soak['fds_start']} at the start, {soak['fds_end']} at the end; "
             f"{'pass' if soak['passed'] else 'FAIL'}."
+        )
+    ex = data.get("exhaustion")
+    if ex is not None:
+        lines.append(
+            f"- exhausted pool: {ex['gave_up']:,} ``get()`` calls timed out or were killed while "
+            f"every connection was held; {ex['bytes_per_get']:,.1f} bytes kept per call; "
+            f"{'pass' if ex['passed'] else 'FAIL'}."
+        )
+    hooks = data.get("hooks") or []
+    if hooks:
+        passed = sum(1 for h in hooks if h["passed"])
+        lines.append(
+            f"- a hook raising a BaseException: {passed} of {len(hooks)} hooks passed (no connect "
+            "storm, no lost slot, every ``get()`` within its timeout, served again after)."
         )
     return "\n".join([*lines, "", README_END])
 
