@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from .chaos.contract import ContractResult
-from .chaos.report import DOCS_END, DOCS_START, Report, write
+from .chaos.exhaustion import ExhaustionResult
+from .chaos.hooks import HookResult
+from .chaos.report import DOCS_END, DOCS_START, Report, readme_summary, write
 from .chaos.scenarios import ScenarioResult
 from .chaos.soak import SoakResult
 
@@ -21,9 +23,24 @@ def sample_report() -> Report:
     soak = SoakResult(2_000_000, 600, 100, checkouts=2_000_703, seconds=163, fds_start=9,
                       fds_end=9, identities=[{"identity": "a = b", "left": 3, "right": 3,
                                               "holds": True}])  # fmt: skip
-    env = {"date": "2026-11-23 10:51 UTC", "commit": "7cc9128", "redis": "7.0.15"}
-    return Report("python -m tests.chaos", False, {"seconds": 20}, [restart], [], [broken],
-                  {"refused@0.5": "a known bug"}, soak, environment=env)  # fmt: skip
+    env = {"date": "2026-11-23 10:51 UTC", "commit": "7cc9128", "redis": "7.0.15",
+           "python": "3.11.7", "gevent": "26.9.0"}  # fmt: skip
+    report = Report("python -m tests.chaos", False, {"seconds": 20}, [restart], [], [broken],
+                    {"refused@0.5": "a known bug"}, soak, environment=env)  # fmt: skip
+    report.exhaustion = ExhaustionResult(
+        100_000, 300, 10, 0.01, 200, timed_out=50_000, killed=50_000, seconds=38.2,
+        traced_warm=1_600_000, traced_samples=[(10_000, 1_600_000)], traced_exhausted=1_700_000,
+        traced_peak=4_551_756, traced_after=614_400, rss_warm_kb=28_028, rss_exhausted_kb=31_268,
+        rss_after_kb=31_228, served_after=2_000, held_at_once=10,
+    )  # fmt: skip
+    report.hooks = [
+        HookResult("_on_connect", "HookFault", 10, 2, 4, 6, 50, 10, raised=2530, attempted=15339,
+                   outcomes={"ok": 15019, "churn": 320}, connects=2860, connects_raised=2530,
+                   connects_always=2464, bound_always=44, recovery_s=0.005, held_at_once=10,
+                   hub_errors={"HookFault": 2530}, stats={"connect_failures": 0},
+                   problems=["connect storm"]),
+    ]  # fmt: skip
+    return report
 
 
 def test_markdown_and_docs_show_every_figure(tmp_path: Path) -> None:
@@ -39,4 +56,15 @@ def test_markdown_and_docs_show_every_figure(tmp_path: Path) -> None:
             assert figure in figures, figure
     assert "old figures" not in rst and rst.startswith("Intro") and rst.endswith("Outro\n")
     assert ".. csv-table:: Chaos scenarios" in rst and "| a = b | 3 | 3 | True |" in md
-    assert report.failures() == [] and "All promises kept." in md
+    for figures in (md, rst):  # the exhaustion and the hooks
+        for figure in ("100,000 (50,000 + 50,000)", "1.1", "1,562 / 4,445 / 1,660 / 600",
+                       "28,028 / 31,268 / 31,228", "2,000 / 10 of 10", "_on_connect", "HookFault",
+                       "2860 (2530) / 0", "0 / 1,232", "2464 / 44", "5 ms", "10 / 10",
+                       "2530"):  # fmt: skip
+            assert figure in figures, figure
+    assert ".. csv-table:: Exhausted pool" in rst
+    assert ".. csv-table:: BaseException from a hook" in rst
+    assert report.failures() == ["hooks/_on_connect (HookFault): connect storm"]
+    assert "FAIL: hooks/_on_connect (HookFault): connect storm" in md
+    summary = readme_summary(report.as_dict())
+    assert "100,000 ``get()`` calls" in summary and "0 of 1 hooks passed" in summary
