@@ -46,7 +46,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=WORKERS)
     p.add_argument("--checkouts", type=int, help="soak bound (default 2,000,000; quick 20,000)")
     p.add_argument("--soak-seconds", type=float, help="soak time bound (default 600; quick 60)")
-    p.add_argument("--gets", type=int, help="exhaustion: get()s that give up (100,000; 12,000)")
+    p.add_argument("--gets", type=int, help="exhaustion: get()s that give up (100,000; 20,000)")
     p.add_argument("--hook", action="append", choices=HOOKS, help="hooks: only these")
     p.add_argument(
         "--hook-error",
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             _say(summary(run))
         _say(ratio_line(*report.budget))
     if "exhaustion" in parts:
-        gets = args.gets or (12_000 if args.quick else 100_000)
+        gets = args.gets or (20_000 if args.quick else 100_000)
         _say(f"exhaustion: {gets:,} get()s time out or are killed on an exhausted pool")
         report.exhaustion = run_exhaustion(gets, 60.0 if args.quick else 300.0)
         _say(exhaustion_line(report.exhaustion))

@@ -317,7 +317,8 @@ def _judge(r: ExhaustionResult) -> None:
             f"{r.late} get(timeout={r.timeout:g}) took longer than {r.timeout + SLACK:g}s "
             f"(worst {r.worst_s:.3f}s); {r.stuck} greenlets stuck"
         )
-    for when, traced in (("at the end of the exhaustion", r.traced_exhausted),
+    during = max((traced for _, traced in r.traced_samples), default=r.traced_exhausted)
+    for when, traced in (("during the exhaustion", during),
                          ("after the release", r.traced_after)):  # fmt: skip
         if traced - r.traced_warm > MEMORY_SLACK:
             r.problems.append(
