@@ -279,7 +279,7 @@ def _ms(seconds: float | None) -> str:
 def hooks_table(results: list[HookResult]) -> Table:
     head = ["hook", "raises", "requests", "outcomes", "connects (raised) / connect_failures",
             f"connects/s: raising on {FRACTION:g} / on every call", "attempts / bound (every call)",
-            "worst get() (s)", "served again after", "held at once", "greenlets died",
+            "worst get() (s)", "served again after", "held at once", "greenlets died / log lines",
             "result"]  # fmt: skip
     rows = []
     for r in results:
@@ -290,7 +290,8 @@ def hooks_table(results: list[HookResult]) -> Table:
             f"{r.per_second(r.connects_fraction):,.0f} / {r.per_second(r.connects_always):,.0f}",
             f"{r.connects_always} / {r.bound_always}", f"{r.worst_get_s:.3f}",
             _ms(r.recovery_s), f"{r.held_at_once} / {r.max_size}",
-            str(sum(r.hub_errors.values())), "pass" if r.passed else "FAIL",
+            f"{sum(r.hub_errors.values())} / {sum(r.log_records.values())}",
+            "pass" if r.passed else "FAIL",
         ])  # fmt: skip
     first = results[0]
     notes = [
@@ -310,7 +311,7 @@ def hooks_table(results: list[HookResult]) -> Table:
         f"Every get() must end within {GET_TIMEOUT + SLACK:g} s; requests must be served again "
         f"within {RECOVERY_BOUND:g} s of the hook stopping; then max_size greenlets hold a "
         "connection at once. Greenlets died: tracebacks the hub printed (a pool greenlet "
-        "killed by the hook's error).",
+        "killed by the hook's error); log lines: the pool's own, any level.",
         *(f"FAIL {r.hook} ({r.error}): {p}" for r in results for p in r.problems),
     ]
     return "BaseException from a hook", head, rows, notes
