@@ -317,6 +317,8 @@ class GeventPool(Pool):
         )
 
     def __repr__(self) -> str:
+        if "_inner" not in self.__dict__:  # a constructor that failed
+            return f"<{type(self).__name__} (not constructed)>"
         return f"<{self.status()}>"
 
     # QueuePool's size helpers, for code that reads them (monitoring, Flask-SQLAlchemy users).
