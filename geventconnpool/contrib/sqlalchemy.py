@@ -33,10 +33,12 @@ handed to one greenlet at a time, because our pool hands out each connection to 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import gevent.lock
+from gevent.hub import get_hub
 
 from ._extras import missing_extra
 
@@ -60,9 +62,12 @@ __all__ = [
     "GeventPoolExhausted",
     "GeventPoolTimeout",
     "GeventPoolUnavailable",
+    "patch_psycopg2",
+    "psycopg2_wait_callback",
 ]
 
 _UNSET: Any = object()
+_TX_ACTIVE = 1  # libpq PQTRANS_ACTIVE: a command is in progress
 
 #: SQLAlchemy's pool argument (as ``create_engine`` spells it) and the option of ours it sets.
 SQLALCHEMY_ARGUMENTS: Mapping[str, str] = {
@@ -243,19 +248,26 @@ class GeventPool(Pool):
         return self._inner.name
 
     # ------------------------------------------------------------------ Pool protocol
-    def _do_get(self) -> ConnectionPoolEntry:
+    def _do_get(self) -> _ConnectionRecord:
         """Check a record out of our pool; a record SQLAlchemy already condemned is discarded
         and the next one taken (under the same deadline)."""
         inner = self._inner
+        deadline = None if inner.timeout is None else time.monotonic() + inner.timeout
+        checkout = inner.get()  # the first try: pool_timeout, as the error message says
         while True:
-            checkout = inner.get()
             try:
                 rec = checkout.__enter__()
             except PoolError as err:
                 raise _translate(err) from err.__cause__
             if self._stale(rec):  # invalidated by an older _invalidate() while idle: rare
                 checkout.__exit__(_Invalidated, _Invalidated("stale record"), None)
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                checkout = inner.get(left)
                 continue
+            # SQLAlchemy skips the pre-ping on a record's first checkout ("fresh"), right for
+            # QueuePool, which connects at checkout; ours opens min_size connections ahead of
+            # use, which may have died idle since. One ping more per connection, at most.
+            rec.fresh = False
             self._out[rec] = checkout
             return rec
 
@@ -368,6 +380,46 @@ class GeventPool(Pool):
         return bool(
             self._invalidate_time > start or getattr(rec, "_soft_invalidate_time", 0.0) > start
         )
+
+
+# ---------------------------------------------------------------------- psycopg2
+def psycopg2_wait_callback(conn: Any, timeout: float | None = None) -> None:
+    """psycogreen's gevent wait callback, plus: a wait interrupted (greenlet killed, a
+    ``gevent.Timeout``) first cancels the running query at the server.
+
+    psycopg2 closes a connection whose wait callback raised; without the cancel the server runs
+    the query to its end, holding its transaction and locks, before it notices the client is
+    gone. ``PQcancel`` blocks, so it runs in gevent's threadpool; the hub keeps serving.
+    """
+    import psycopg2.extensions as ext  # the caller uses psycopg2: it is installed
+    from gevent.socket import wait_read, wait_write
+
+    try:
+        while True:
+            state = conn.poll()
+            if state == ext.POLL_OK:
+                return
+            if state == ext.POLL_READ:
+                wait_read(conn.fileno(), timeout=timeout)
+            elif state == ext.POLL_WRITE:
+                wait_write(conn.fileno(), timeout=timeout)
+            else:
+                raise ext.OperationalError(f"bad result from poll(): {state!r}")
+    except BaseException:
+        if conn.get_transaction_status() == _TX_ACTIVE:  # a query runs: cancel it
+            try:
+                get_hub().threadpool.apply(conn.cancel)
+            except Exception:
+                pass  # the connection is closed anyway; the server ends the query later
+        raise
+
+
+def patch_psycopg2() -> None:
+    """Make psycopg2 cooperative under gevent with :func:`psycopg2_wait_callback`: instead of
+    ``psycogreen.gevent.patch_psycopg()``, which does the same without the cancel."""
+    import psycopg2.extensions
+
+    psycopg2.extensions.set_wait_callback(psycopg2_wait_callback)
 
 
 def _options_given(options: Mapping[str, Any] | None, kw: dict[str, Any]) -> dict[str, Any]:
