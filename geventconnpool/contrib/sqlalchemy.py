@@ -179,10 +179,13 @@ class _RecordPool(ConnectionPool[_ConnectionRecord]):
         if dbapi is None:
             raise ConnectionError("the connection record was invalidated")
         try:
-            self._owner._dialect._do_ping_w_event(dbapi)
-            dbapi.rollback()
+            alive = self._owner._dialect._do_ping_w_event(dbapi)
+            if alive is not False:
+                dbapi.rollback()
         except Exception as e:
             raise ConnectionError(f"keepalive ping failed: {e!r}") from e
+        if alive is False:  # the dialect saw a disconnect
+            raise ConnectionError("keepalive ping: the dialect reports a disconnect")
 
     def _is_disconnect(self, exc: BaseException) -> bool:
         return isinstance(exc, _Invalidated)
@@ -200,6 +203,8 @@ class GeventPool(Pool):
     made at import time under ``gunicorn --preload`` leaves the master with no connection. Then
     it keeps ``min_size`` connections open (QueuePool grows to ``pool_size`` lazily).
     """
+
+    _is_asyncio = False  # as QueuePool: create_async_engine() refuses this pool
 
     def __init__(
         self,
@@ -257,12 +262,17 @@ class GeventPool(Pool):
         while True:
             try:
                 rec = checkout.__enter__()
+            except PoolClosed as err:
+                if inner is self._inner:
+                    raise _translate(err) from err.__cause__
+                inner = self._inner  # dispose() replaced the pool while we waited: wait there
+                checkout = inner.get(_left(deadline))
+                continue
             except PoolError as err:
                 raise _translate(err) from err.__cause__
             if self._stale(rec):  # invalidated by an older _invalidate() while idle: rare
                 checkout.__exit__(_Invalidated, _Invalidated("stale record"), None)
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                checkout = inner.get(left)
+                checkout = inner.get(_left(deadline))
                 continue
             # SQLAlchemy skips the pre-ping on a record's first checkout ("fresh"), right for
             # QueuePool, which connects at checkout; ours opens min_size connections ahead of
@@ -380,6 +390,11 @@ class GeventPool(Pool):
         return bool(
             self._invalidate_time > start or getattr(rec, "_soft_invalidate_time", 0.0) > start
         )
+
+
+def _left(deadline: float | None) -> float | None:
+    """Seconds left until ``deadline`` (None: no deadline)."""
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 # ---------------------------------------------------------------------- psycopg2

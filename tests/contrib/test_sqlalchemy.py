@@ -497,3 +497,27 @@ def test_flask_sqlalchemy_engine_options(postgres_server: PostgresServer, psycop
     finally:
         with app.app_context():
             db.engine.dispose()
+
+
+def test_keepalive_pings_idle_connections_and_leaves_no_transaction(
+    make_engine: Callable[..., tuple[Any, str]], server: Server
+) -> None:
+    options = {"keepalive": 0.1, "keepalive_jitter": 0.0}
+    engine, app = make_engine(pool_size=1, max_overflow=0, geventconnpool_options=options)
+    pings: list[int] = []
+    ping = engine.dialect.do_ping
+
+    def counted(dbapi_connection: Any) -> bool:
+        pings.append(1)
+        return bool(ping(dbapi_connection))
+
+    engine.dialect.do_ping = counted  # type: ignore[method-assign]
+    with engine.connect() as conn:
+        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    wait_until(lambda: len(pings) >= 3, 10, "three keepalive pings")
+    # psycopg2's ping runs in autocommit; a ping that opens a transaction is rolled back by the
+    # pool (test_sqlalchemy_pool.py::test_keepalive_rolls_back_after_the_ping).
+    wait_until(lambda: server.states(app) == ["idle"], 10, "the connection idle, no transaction")
+    assert engine.pool.stats().discarded.keepalive == 0
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() == pid

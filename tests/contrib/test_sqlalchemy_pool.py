@@ -4,8 +4,10 @@ soft invalidate, recycle, dispose, detach, overflow and timeout), and the argume
 
 from __future__ import annotations
 
+import gc
 import itertools
 import time
+import tracemalloc
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +23,7 @@ from sqlalchemy.pool import QueuePool  # noqa: E402
 from geventconnpool import PoolTimeout  # noqa: E402
 from geventconnpool.contrib.sqlalchemy import (  # noqa: E402
     GeventPool,
+    GeventPoolExhausted,
     GeventPoolTimeout,
     GeventPoolUnavailable,
 )
@@ -436,3 +439,174 @@ def test_status_says_size_idle_in_use_waiting(driver: Driver, pools: list[Gevent
     assert "min_size=2 max_size=2" in s and repr(p) == f"<{s}>"
     c.close()
     g.join(5)
+
+
+def test_dispose_while_waiting_moves_the_waiter_to_the_new_pool(
+    driver: Driver, pools: list[GeventPool]
+) -> None:
+    p = make(driver, pools, pool_size=1, max_overflow=0, timeout=5)
+    held = p.connect()
+    got: list[Any] = []
+    g = gevent.spawn(lambda: got.append(p.connect()))
+    wait_until(lambda: p.stats().waiting == 1, 5, "a waiter")
+    p.dispose()  # QueuePool's waiters keep waiting on the same pool: ours move to the new one
+    g.join(5)
+    assert g.successful(), g.exception
+    assert not got[0].dbapi_connection.closed
+    held.close()
+    assert held.dbapi_connection is None  # came back to the old pool: closed there
+    got[0].close()
+
+
+def test_max_waiting_refuses_at_once(driver: Driver, pools: list[GeventPool]) -> None:
+    p = make(driver, pools, timeout=5, geventconnpool_options={"max_waiting": 1})
+    c = p.connect()
+    g = gevent.spawn(p.connect)
+    wait_until(lambda: p.stats().waiting == 1, 5, "a waiter")
+    with pytest.raises(sa_exc.TimeoutError) as info:
+        p.connect()
+    assert isinstance(info.value, GeventPoolExhausted) and p.name in str(info.value)
+    c.close()
+    g.get(timeout=5).close()
+
+
+def test_a_connection_dropped_without_close_comes_back(
+    driver: Driver, pools: list[GeventPool]
+) -> None:
+    p = make(driver, pools, timeout=1)
+
+    def forget() -> None:
+        c = p.connect()
+        assert c.dbapi_connection is not None  # the greenlet ends holding it
+
+    gevent.spawn(forget).join(5)
+    gc.collect()  # SQLAlchemy's finaliser resets it and checks it in
+    assert p.checkedout() == 0 and p.stats().in_use == 0
+    with p.connect():
+        pass
+    assert len(driver.made) == 1
+
+
+def test_no_record_is_ever_held_twice_under_kills_and_timeouts(
+    driver: Driver, pools: list[GeventPool]
+) -> None:
+    p = make(driver, pools, pool_size=3, max_overflow=2, timeout=0.05)
+    holders: dict[int, int] = {}
+    doubled: list[int] = []
+    counts = {"ok": 0, "timeout": 0}
+
+    def checkout(dbapi_conn: Any, rec: Any, proxy: Any) -> None:
+        if id(rec) in holders:
+            doubled.append(id(rec))
+        holders[id(rec)] = id(gevent.getcurrent())
+
+    def checkin(dbapi_conn: Any, rec: Any) -> None:
+        holders.pop(id(rec), None)
+
+    event.listen(p, "checkout", checkout)
+    event.listen(p, "checkin", checkin)
+
+    def work(i: int) -> None:
+        for n in range(30):
+            try:
+                with p.connect() as c:
+                    if (i + n) % 7 == 0:
+                        c.invalidate()
+                    gevent.sleep(0)
+                counts["ok"] += 1
+            except sa_exc.TimeoutError:
+                counts["timeout"] += 1
+
+    gs = [gevent.spawn(work, i) for i in range(40)]
+    for _ in range(20):
+        gevent.sleep(0.001)
+        gs[_].kill(block=False)  # some die waiting, some holding a connection
+    gevent.joinall(gs, timeout=20)
+    assert all(g.dead for g in gs)
+    gc.collect()
+    assert doubled == []
+    assert counts["ok"] > 0
+    assert p.checkedout() == 0 and p.stats().in_use == 0 and p.stats().waiting == 0
+    assert p.stats().open <= 5 and len(driver.open()) == p.stats().open
+
+
+class QuietConnection:
+    """Keeps no log (FakeConnection's would grow with every reset)."""
+
+    def rollback(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_memory_stays_flat_over_10000_checkouts(pools: list[GeventPool]) -> None:
+    p = GeventPool(QuietConnection, pool_size=2, max_overflow=0, timeout=5)
+    pools.append(p)
+
+    def cycle(n: int) -> None:
+        for _ in range(n):
+            with p.connect():
+                pass
+
+    cycle(500)  # warm up caches
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        cycle(10_000)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 64 * 1024, f"{grown} bytes kept after 10,000 checkouts"
+    assert len(p._out) == 0
+
+
+def test_asyncio_engines_refuse_this_pool() -> None:
+    assert GeventPool._is_asyncio is False  # create_async_engine() checks it, as for QueuePool
+
+
+class PingDialect:
+    """A stand-in for the engine's dialect: its ping answers ``alive``, or raises."""
+
+    is_async = False
+    has_terminate = False
+
+    def __init__(self) -> None:
+        self.alive: bool | BaseException = True
+        self.pings = 0
+
+    def _do_ping_w_event(self, dbapi_connection: Any) -> bool:
+        self.pings += 1
+        if isinstance(self.alive, BaseException):
+            raise self.alive
+        return self.alive
+
+    def do_rollback(self, dbapi_connection: Any) -> None:
+        dbapi_connection.rollback()
+
+    def do_close(self, dbapi_connection: Any) -> None:
+        dbapi_connection.close()
+
+    do_terminate = do_close
+
+    def get_driver_connection(self, connection: Any) -> Any:
+        return connection
+
+
+@pytest.mark.parametrize("failure", [False, OSError("gone")], ids=["ping-false", "ping-raises"])
+def test_keepalive_rolls_back_after_the_ping_and_discards_on_failure(
+    driver: Driver, pools: list[GeventPool], failure: bool | BaseException
+) -> None:
+    dialect = PingDialect()
+    options = {"keepalive": 0.05, "keepalive_jitter": 0.0}
+    p = make(driver, pools, dialect=dialect, geventconnpool_options=options)
+    with p.connect() as c:
+        conn = c.dbapi_connection
+    driver.log.clear()
+    wait_until(lambda: dialect.pings >= 2, 5, "two keepalive pings")
+    assert f"rollback {conn.id}" in driver.log  # a ping may open a transaction: ended
+    dialect.alive = failure
+    wait_until(lambda: conn.closed, 5, "the connection discarded after a failed ping")
+    assert p.stats().discarded.keepalive >= 1
