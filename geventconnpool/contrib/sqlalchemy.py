@@ -2,10 +2,10 @@
 
 ::
 
-    import psycogreen.gevent
-    psycogreen.gevent.patch_psycopg()      # or gevent.monkey.patch_all() for pure-Python drivers
     from sqlalchemy import create_engine
-    from geventconnpool.contrib.sqlalchemy import GeventPool
+    from geventconnpool.contrib.sqlalchemy import GeventPool, patch_psycopg2
+
+    patch_psycopg2()     # psycopg2 through gevent (or gevent.monkey.patch_all() for pure Python)
 
     engine = create_engine(
         "postgresql+psycopg2://app@127.0.0.1/app",
@@ -39,6 +39,7 @@ from typing import Any
 
 import gevent.lock
 from gevent.hub import get_hub
+from gevent.socket import wait_read, wait_write
 
 from ._extras import missing_extra
 
@@ -68,6 +69,7 @@ __all__ = [
 
 _UNSET: Any = object()
 _TX_ACTIVE = 1  # libpq PQTRANS_ACTIVE: a command is in progress
+_POLL_OK, _POLL_READ, _POLL_WRITE = 0, 1, 2  # psycopg2.extensions.POLL_*
 
 #: SQLAlchemy's pool argument (as ``create_engine`` spells it) and the option of ours it sets.
 SQLALCHEMY_ARGUMENTS: Mapping[str, str] = {
@@ -122,7 +124,8 @@ class GeventPoolUnavailable(PoolUnavailable, sa_exc.TimeoutError):
 
 
 class GeventPoolClosed(PoolClosed, sa_exc.InvalidRequestError):
-    """The pool underneath was closed (a forked child's inherited pool after ``close()``)."""
+    """The pool underneath was closed by hand (``engine.pool.pool.close()``); ``dispose()``
+    never leaves a caller with it: waiters move to the new pool."""
 
 
 _TRANSLATED: tuple[tuple[type[PoolError], type[PoolError]], ...] = (
@@ -406,20 +409,17 @@ def psycopg2_wait_callback(conn: Any, timeout: float | None = None) -> None:
     the query to its end, holding its transaction and locks, before it notices the client is
     gone. ``PQcancel`` blocks, so it runs in gevent's threadpool; the hub keeps serving.
     """
-    import psycopg2.extensions as ext  # the caller uses psycopg2: it is installed
-    from gevent.socket import wait_read, wait_write
-
     try:
         while True:
             state = conn.poll()
-            if state == ext.POLL_OK:
+            if state == _POLL_OK:
                 return
-            if state == ext.POLL_READ:
+            if state == _POLL_READ:
                 wait_read(conn.fileno(), timeout=timeout)
-            elif state == ext.POLL_WRITE:
+            elif state == _POLL_WRITE:
                 wait_write(conn.fileno(), timeout=timeout)
             else:
-                raise ext.OperationalError(f"bad result from poll(): {state!r}")
+                raise OSError(f"psycopg2: bad result from poll(): {state!r}")
     except BaseException:
         if conn.get_transaction_status() == _TX_ACTIVE:  # a query runs: cancel it
             try:
