@@ -1,6 +1,8 @@
 """``python -m bench.sqlalchemy_session``: an ORM session workload on SQLAlchemy's pools.
 
-GeventPool (ours) beside ``QueuePool`` (what SQLAlchemy users have today; it needs
+GeventPool (ours, and with ``fair_after=1.0``: waiters may wait up to a second while a
+releasing greenlet re-takes its connection, which is how QueuePool behaves without a bound)
+beside ``QueuePool`` (what SQLAlchemy users have today; it needs
 ``gevent.monkey.patch_all()`` to wait cooperatively) and ``NullPool`` (a connect per checkout,
 for reference), against a real PostgreSQL, under gevent: ``--greenlets`` greenlets (200) each
 open a ``Session``, run one ORM ``SELECT`` by primary key and close it, over and over, on a pool
@@ -41,6 +43,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 REPO = Path(__file__).resolve().parent.parent
 IMPLS = {
     "ours": "geventconnpool GeventPool",
+    "ours_fair1s": "GeventPool, fair_after=1.0",
     "queuepool": "SQLAlchemy QueuePool",
     "nullpool": "SQLAlchemy NullPool (reference)",
 }
@@ -66,7 +69,14 @@ def child(job: dict[str, Any]) -> dict[str, Any]:
     patch_psycopg2()
     size, greenlets = job["size"], job["greenlets"]
     kw: dict[str, Any] = {"pool_size": size, "max_overflow": 0, "pool_timeout": 30}
-    poolclass: Any = {"ours": GeventPool, "queuepool": sqlalchemy.pool.QueuePool}.get(job["impl"])
+    classes = {
+        "ours": GeventPool,
+        "ours_fair1s": GeventPool,
+        "queuepool": sqlalchemy.pool.QueuePool,
+    }
+    poolclass: Any = classes.get(job["impl"])
+    if job["impl"] == "ours_fair1s":  # waiters may wait up to 1 s while releasers re-take
+        kw["geventconnpool_options"] = {"fair_after": 1.0}
     if poolclass is None:
         poolclass, kw = sqlalchemy.pool.NullPool, {}
     engine = sqlalchemy.create_engine(job["url"], poolclass=poolclass, **kw)
@@ -97,10 +107,10 @@ def child(job: dict[str, Any]) -> dict[str, Any]:
     warm_until = time.monotonic() + job["warmup"]
     gevent.joinall([gevent.spawn(loop, i, warm_until, False) for i in range(greenlets)])
     errors = 0
-    start = time.monotonic()
+    start, cpu0 = time.monotonic(), time.process_time()
     deadline = start + job["duration"]
     gevent.joinall([gevent.spawn(loop, i, deadline, True) for i in range(greenlets)])
-    elapsed = time.monotonic() - start
+    elapsed, cpu = time.monotonic() - start, time.process_time() - cpu0
     engine.dispose()
     waits.sort()
 
@@ -110,6 +120,7 @@ def child(job: dict[str, Any]) -> dict[str, Any]:
     return {
         "sessions": done,
         "per_s": done / elapsed,
+        "cpu_us": cpu / done * 1e6 if done else 0.0,  # this process's CPU per session
         "errors": errors,
         "wait_p50_ms": pct(0.5),
         "wait_p99_ms": pct(0.99),
@@ -157,7 +168,7 @@ def summarise(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, An
             continue
         row: dict[str, Any] = {
             key: statistics.median(r[key] for r in good)
-            for key in ("per_s", "wait_p50_ms", "wait_p99_ms")
+            for key in ("per_s", "cpu_us", "wait_p50_ms", "wait_p99_ms")
         }
         row["wait_max_ms"] = max(r["wait_max_ms"] for r in good)
         row["errors"] = sum(r["errors"] for r in good)
@@ -180,20 +191,21 @@ def render(summary: dict[str, dict[str, Any]], job: dict[str, Any], rounds: int)
         f"SQLAlchemy ORM sessions: {job['greenlets']} greenlets, pool of {job['size']}, "
         f"{rounds} round(s) of {job['duration']} s; ratios to QueuePool (median of rounds)",
         "",
-        "| pool | sessions/s | x QueuePool | wait p50 ms | p99 ms | max ms | x QueuePool max "
-        "| errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| pool | sessions/s | x QueuePool | client CPU µs/session | wait p50 ms | p99 ms "
+        "| max ms | x QueuePool max | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for impl, label in IMPLS.items():
         row = summary.get(impl)
         if row is None:
             continue
         if "error" in row:
-            lines.append(f"| {label} | {row['error']} |||||||")
+            lines.append(f"| {label} | {row['error']} ||||||||")
             continue
         lines.append(
             f"| {label} | {row['per_s']:.0f} | {row.get('throughput_x', 0):.2f} "
-            f"| {row['wait_p50_ms']:.2f} | {row['wait_p99_ms']:.1f} | {row['wait_max_ms']:.1f} "
+            f"| {row['cpu_us']:.0f} | {row['wait_p50_ms']:.2f} | {row['wait_p99_ms']:.1f} "
+            f"| {row['wait_max_ms']:.1f} "
             f"| {row.get('worst_wait_x', 0):.2f} | {row['errors']} |"
         )
     return "\n".join(lines)
@@ -243,8 +255,9 @@ def main(argv: list[str] | None = None) -> int:
             for impl in impls:
                 result = run_child(job | {"impl": impl, "url": url}, timeout=duration * 10 + 60)
                 results[impl].append(result)
-                brief = result.get("error") or f"{result['per_s']:.0f}/s max wait " + (
-                    f"{result['wait_max_ms']:.1f} ms"
+                brief = result.get("error") or (
+                    f"{result['per_s']:.0f}/s, {result['cpu_us']:.0f} µs CPU/session,"
+                    f" max wait {result['wait_max_ms']:.1f} ms"
                 )
                 print(f"[sqlalchemy {r + 1}/{rounds}] {IMPLS[impl]}: {brief}", file=sys.stderr)
     finally:
