@@ -44,13 +44,21 @@ from gevent.socket import wait_read, wait_write
 from ._extras import missing_extra
 
 try:
-    import sqlalchemy.exc as sa_exc
-    from sqlalchemy.pool import ConnectionPoolEntry, Pool
-    from sqlalchemy.pool.base import _ConnectionRecord
+    import sqlalchemy
 except ImportError as exc:  # pragma: no cover - the extra is not installed
     raise missing_extra("sqlalchemy", "sqlalchemy", __name__, exc) from exc
+if int(sqlalchemy.__version__.split(".")[0]) < 2:  # pragma: no cover - tested with 2.x only
+    raise ImportError(
+        f"{__name__} needs SQLAlchemy 2.0 or later, found {sqlalchemy.__version__}; "
+        "upgrade it with: pip install 'geventconnpool[sqlalchemy]'",
+        name="sqlalchemy",
+    )
+import sqlalchemy.exc as sa_exc
+from sqlalchemy.pool import ConnectionPoolEntry, Pool
+from sqlalchemy.pool.base import _ConnectionRecord
 
 from .. import _fork
+from .._options import check_int
 from .._probe import socket_is_quiet
 from ..errors import PoolClosed, PoolError, PoolExhausted, PoolTimeout, PoolUnavailable
 from ..pool import ConnectionPool, _Checkout
@@ -463,8 +471,9 @@ def _map_options(
     """SQLAlchemy's arguments as our options; our own options win where both say something."""
     options = dict(ours)
     sizes_given = {"size", "min_size", "max_size"} & set(ours)
-    lo = 5 if pool_size is _UNSET else pool_size
-    extra = 10 if max_overflow is _UNSET else max_overflow
+    lo = 5 if pool_size is _UNSET else check_int("pool_size", pool_size, 0)
+    extra = 10 if max_overflow is _UNSET else check_int("max_overflow", max_overflow, -1)
+    assert lo is not None and extra is not None
     if "size" not in ours:
         if "max_size" not in ours:
             if lo == 0 or extra == -1:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import re
 import time
 import tracemalloc
 from collections.abc import Iterator
@@ -13,6 +14,8 @@ from typing import Any
 
 import gevent
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 sqlalchemy = pytest.importorskip("sqlalchemy")
 
@@ -610,3 +613,41 @@ def test_keepalive_rolls_back_after_the_ping_and_discards_on_failure(
     dialect.alive = failure
     wait_until(lambda: conn.closed, 5, "the connection discarded after a failed ping")
     assert p.stats().discarded.keepalive >= 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    pool_size=st.one_of(st.none(), st.integers(-2, 50)),
+    max_overflow=st.one_of(st.none(), st.integers(-2, 50)),
+    ours=st.dictionaries(
+        st.sampled_from(["min_size", "max_size", "size"]), st.integers(-1, 60), max_size=2
+    ),
+)
+def test_the_mapping_gives_a_valid_pool_or_an_error_naming_the_argument(
+    pool_size: int | None, max_overflow: int | None, ours: dict[str, int]
+) -> None:
+    """Any combination of SQLAlchemy's sizes and ours: a pool whose bounds are what the guide's
+    table says, or a TypeError/ValueError/ArgumentError that names an argument; never a pool
+    without a bound."""
+    kw: dict[str, Any] = {"geventconnpool_options": ours}
+    if pool_size is not None:
+        kw["pool_size"] = pool_size
+    if max_overflow is not None:
+        kw["max_overflow"] = max_overflow
+    try:
+        p = GeventPool(QuietConnection, **kw)
+    except (TypeError, ValueError, sa_exc.ArgumentError) as e:
+        assert re.search(r"size|overflow|bound", str(e)), e
+        return
+    inner = p.pool
+    assert 0 <= inner.min_size <= inner.max_size
+    assert pool_size is None or pool_size >= 1 or {"size", "max_size"} & set(ours)
+    assert max_overflow is None or max_overflow >= 0 or {"size", "max_size"} & set(ours)
+    lo = 5 if pool_size is None else pool_size
+    extra = 10 if max_overflow is None else max_overflow
+    if "size" in ours:
+        assert ours["size"] in (inner.max_size, inner.min_size)
+    else:
+        assert inner.max_size == ours.get("max_size", lo + extra)
+        assert inner.min_size == ours.get("min_size", min(lo, inner.max_size))
+    assert p.stats().open == 0
