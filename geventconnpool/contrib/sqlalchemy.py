@@ -376,6 +376,22 @@ class GeventPool(Pool):
         s = self._inner.stats()
         return s.open - s.min_size
 
+    def _close_connection(self, connection: Any, *, terminate: bool = False) -> None:
+        """Close a DB-API connection; one invalidated while its query still runs (a greenlet
+        killed or timed out in ``execute``, with psycopg 3) first has that query cancelled.
+
+        Without the cancel the server runs the query to its end, holding the transaction and
+        its locks, before it notices the client is gone. ``cancel()`` (libpq's ``PQcancel``)
+        blocks, so it runs in gevent's threadpool. psycopg2 closes such a connection itself:
+        :func:`patch_psycopg2`'s wait callback cancels its query instead.
+        """
+        if terminate and _mid_query(connection):
+            try:
+                get_hub().threadpool.apply(connection.cancel)
+            except Exception:
+                self.logger.debug("cancelling the running query failed", exc_info=True)
+        super()._close_connection(connection, terminate=terminate)
+
     # ------------------------------------------------------------------ records
     def _new_record(self) -> _ConnectionRecord:
         """A new record, which connects and fires ``connect`` (and ``first_connect``).
@@ -401,6 +417,16 @@ class GeventPool(Pool):
         return bool(
             self._invalidate_time > start or getattr(rec, "_soft_invalidate_time", 0.0) > start
         )
+
+
+def _mid_query(connection: Any) -> bool:
+    """A command is still running on ``connection``, as psycopg 3 reports it
+    (``info.transaction_status`` ACTIVE) and it can be cancelled."""
+    try:
+        status = connection.info.transaction_status
+        return int(status) == _TX_ACTIVE and callable(getattr(connection, "cancel", None))
+    except Exception:  # another driver, or a closed connection: nothing to cancel
+        return False
 
 
 def _left(deadline: float | None) -> float | None:

@@ -521,3 +521,76 @@ def test_keepalive_pings_idle_connections_and_leaves_no_transaction(
     assert engine.pool.stats().discarded.keepalive == 0
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() == pid
+
+
+PSYCOPG3_SCRIPT = """
+import json, sys
+from gevent import monkey
+monkey.patch_all()  # psycopg 3 waits through select(): cooperative once patched
+import time, gevent, sqlalchemy
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+from geventconnpool.contrib.sqlalchemy import GeventPool
+
+url, app = sys.argv[1], sys.argv[2]
+engine = sqlalchemy.create_engine(url, poolclass=GeventPool, pool_size=5, max_overflow=0,
+                                  pool_timeout=10, connect_args={"application_name": app})
+admin = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
+                                 isolation_level="AUTOCOMMIT")
+
+def states():
+    with admin.connect() as c:
+        sql = "SELECT state FROM pg_stat_activity WHERE application_name = %(a)s"
+        return sorted(c.exec_driver_sql(sql, {"a": app}).scalars().all())
+
+def one():
+    with engine.connect() as c:
+        return c.execute(text("SELECT pg_backend_pid(), pg_sleep(0.05)")).all()[0][0]
+
+t0 = time.monotonic()
+backends = {g.get() for g in [gevent.spawn(one) for _ in range(50)]}
+took = time.monotonic() - t0
+in_tx = gevent.event.Event()
+
+def killed(sql):
+    with Session(engine) as s:
+        s.execute(text("SELECT 1"))
+        in_tx.set()
+        s.execute(text(sql)) if sql else gevent.sleep(30)
+
+after = []
+for sql in ("SELECT pg_sleep(30)", None):  # killed in a query, then between statements
+    in_tx.clear()
+    g = gevent.spawn(killed, sql)
+    in_tx.wait(10)
+    gevent.sleep(0.2)
+    g.kill()
+    deadline = time.monotonic() + 10
+    while set(states()) - {"idle"} and time.monotonic() < deadline:
+        gevent.sleep(0.05)
+    after.append(states())
+print(json.dumps({"backends": len(backends), "took": took, "after": after,
+                  "in_use": engine.pool.stats().in_use}))
+"""
+
+
+def test_psycopg3_under_monkey_patching(postgres_server: PostgresServer) -> None:
+    pytest.importorskip("psycopg")
+    pg = postgres_server
+    url3 = f"postgresql+psycopg://{pg.user}@127.0.0.1:{pg.port}/{pg.database}"
+    done = subprocess.run(
+        [sys.executable, "-c", PSYCOPG3_SCRIPT, url3, f"gcp-sqla-pg3-{os.getpid()}"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["backends"] == 5  # 50 greenlets on 5 server connections
+    assert out["took"] < 2.0  # five at a time (one after another: 2.5 s)
+    for states in out["after"]:  # no query left running, no transaction left open
+        assert set(states) == {"idle"}, out
+    assert out["in_use"] == 0
