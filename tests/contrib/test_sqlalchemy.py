@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import gevent
+import gevent.event
 import pytest
 
 sqlalchemy = pytest.importorskip("sqlalchemy")
