@@ -186,7 +186,7 @@ def test_every_wait_ends_within_its_timeout(
     gevent.joinall([gevent.spawn(one) for _ in range(30)], raise_error=True)
     kinds = {k for k, _ in outcomes}
     assert kinds == {"ok", "timeout"}
-    assert max(t for k, t in outcomes if k == "timeout") < 0.3 + 2.0  # bounded, even loaded
+    assert max(t for k, t in outcomes if k == "timeout") < 0.3 + 3.0  # bounded, even loaded
     assert engine.pool.stats().timeouts == sum(1 for k, _ in outcomes if k == "timeout")
 
 
@@ -544,13 +544,17 @@ def states():
         sql = "SELECT state FROM pg_stat_activity WHERE application_name = %(a)s"
         return sorted(c.exec_driver_sql(sql, {"a": app}).scalars().all())
 
+spans = []
+
 def one():
     with engine.connect() as c:
-        return c.execute(text("SELECT pg_backend_pid(), pg_sleep(0.05)")).all()[0][0]
+        t = time.monotonic()
+        pid = c.execute(text("SELECT pg_backend_pid(), pg_sleep(0.05)")).all()[0][0]
+        spans.append((t, time.monotonic()))
+        return pid
 
-t0 = time.monotonic()
 backends = {g.get() for g in [gevent.spawn(one) for _ in range(50)]}
-took = time.monotonic() - t0
+overlap = max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
 in_tx = gevent.event.Event()
 
 def killed(sql):
@@ -570,7 +574,7 @@ for sql in ("SELECT pg_sleep(30)", None):  # killed in a query, then between sta
     while set(states()) - {"idle"} and time.monotonic() < deadline:
         gevent.sleep(0.05)
     after.append(states())
-print(json.dumps({"backends": len(backends), "took": took, "after": after,
+print(json.dumps({"backends": len(backends), "overlap": overlap, "after": after,
                   "in_use": engine.pool.stats().in_use}))
 """
 
@@ -591,7 +595,7 @@ def test_psycopg3_under_monkey_patching(postgres_server: PostgresServer) -> None
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["backends"] == 5  # 50 greenlets on 5 server connections
-    assert out["took"] < 2.0  # five at a time (one after another: 2.5 s)
+    assert out["overlap"] == 5  # the queries ran five at a time: psycopg 3 is cooperative
     for states in out["after"]:  # no query left running, no transaction left open
         assert set(states) == {"idle"}, out
     assert out["in_use"] == 0
