@@ -215,4 +215,19 @@ def main(argv: list[str] | None = None) -> int:
     if everything and args.out.resolve() == DEFAULT_OUT.resolve():
         render.update_readme(doc, REPO / "README.rst")
     print(f"wrote {args.out}/latest.md, latest.json, readme.rst, chart.png", file=sys.stderr)
+    if "sqlalchemy" in impls and args.workloads is None:
+        run_sqlalchemy_session(args)
     return 0
+
+
+# --- the SQLAlchemy session step (issue 20): GeventPool beside QueuePool, on PostgreSQL ---
+def run_sqlalchemy_session(args: argparse.Namespace) -> None:
+    """``python -m bench.sqlalchemy_session`` as a step of its own (it starts PostgreSQL);
+    its table goes to ``sqlalchemy_session.md`` next to the other results."""
+    cmd = [sys.executable, "-m", "bench.sqlalchemy_session", "--out", str(args.out)]
+    cmd += ["--quick"] if args.quick else []
+    cmd += ["--rounds", str(args.rounds)] if args.rounds else []
+    try:
+        subprocess.run(cmd, cwd=REPO, check=False, timeout=900)
+    except subprocess.TimeoutExpired:
+        print("sqlalchemy_session: timed out after 900 s", file=sys.stderr)

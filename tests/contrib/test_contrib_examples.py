@@ -40,6 +40,7 @@ def expect(out: str, *patterns: str) -> None:
 
 def test_every_integration_has_an_example() -> None:
     assert sorted(p.name for p in EXAMPLES.glob("*.py")) == [
+        "flask_sqlalchemy_app.py",  # its test: tests/contrib/test_sqlalchemy_example.py
         "https_keepalive.py",
         "postgres_pool.py",
         "redis_pool.py",
