@@ -356,21 +356,45 @@ def load() -> dict[str, Any]:
     }
 
 
-@scenario
-def terminate() -> dict[str, Any]:
-    """pg_terminate_backend of every app session under load: only requests under way when it
-    happened fail; every request that starts after the sessions are gone succeeds."""
-    done = [0]
-    results: list[tuple[float, float, bool, str]] = []  # (start, end, ok, error)
-    killed_at = [float("inf")]
-    halfway = gevent.event.Event()
-    total = 60 * 20
+def _burst(n: int, results: list[tuple[float, float, bool, str]]) -> None:
+    """``n`` requests that all hold their connection at once (``n`` distinct connections)."""
+    arrived = [0]
+    everyone = gevent.event.Event()
 
     def one() -> None:
-        while done[0] < total:
-            done[0] += 1
-            if done[0] >= total // 3:
-                halfway.set()
+        request()
+        start = time.monotonic()
+        try:
+            with connection.cursor() as cur:
+                cur.execute("SELECT 1")
+                cur.fetchone()
+            results.append((start, time.monotonic(), True, ""))
+        except Exception as exc:
+            results.append((start, time.monotonic(), False, repr(exc)[:120]))
+        finally:
+            arrived[0] += 1
+            if arrived[0] == n:
+                everyone.set()
+            everyone.wait(10)
+            end_request()
+
+    gevent.joinall([gevent.spawn(one) for _ in range(n)], raise_error=True)
+
+
+@scenario
+def terminate() -> dict[str, Any]:
+    """pg_terminate_backend of every app session under load: only requests under way while it
+    happens (between the call and the sessions' end) fail; every request that starts after the
+    sessions are gone succeeds, also on the connections that were idle in the pool when their
+    sessions were terminated (the checkout probe finds them dead)."""
+    results: list[tuple[float, float, bool, str]] = []  # (start, end, ok, error)
+    max_size = pool().max_size
+    _burst(max_size, [])  # max_size connections open, most of them idle from now on
+    stop = gevent.event.Event()
+    started = gevent.event.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
             request()
             start = time.monotonic()
             try:
@@ -382,29 +406,38 @@ def terminate() -> dict[str, Any]:
                 results.append((start, time.monotonic(), False, repr(exc)[:120]))
             finally:
                 end_request()
+            if len(results) >= 30:
+                started.set()
+            gevent.sleep(0.01)  # paced: most connections stay idle, as between bursts of traffic
 
-    jobs = [gevent.spawn(one) for _ in range(20)]
-    halfway.wait(30)
-    pids = [
-        r[0] for r in admin("SELECT pid FROM pg_stat_activity WHERE application_name = %s", (APP,))
-    ]
+    jobs = [gevent.spawn(loop) for _ in range(3)]
+    started.wait(30)
+    idle_before = pool().stats().idle
+    sql = "SELECT pid FROM pg_stat_activity WHERE application_name = %s"
+    pids = [r[0] for r in admin(sql, (APP,))]
+    kill_started = time.monotonic()
     admin("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,))
     gone = wait_until(
         lambda: not admin("SELECT 1 FROM pg_stat_activity WHERE pid = ANY(%s::int[])", (pids,)), 10
     )
-    killed_at[0] = time.monotonic()
+    killed_at = time.monotonic()
+    _burst(max_size, results)  # needs every connection, the ones idle since the kill too
+    stop.set()
     gevent.joinall(jobs, raise_error=True)
     failed = [r for r in results if not r[2]]
-    after = [r for r in results if r[0] > killed_at[0]]
+    after = [r for r in results if r[0] > killed_at]
     return {
         "terminated": len(pids),
+        "idle_before": idle_before,
         "gone": gone,
         "requests": len(results),
         "failed": len(failed),
-        "failed_after": len([r for r in failed if r[0] > killed_at[0]]),
+        "failed_after": len([r for r in failed if r[0] > killed_at]),
+        "failed_before_kill": len([r for r in failed if r[1] < kill_started]),
         "requests_after": len(after),
         "errors": sorted({r[3] for r in failed})[:3],
-        "max_size": pool().max_size,
+        "max_size": max_size,
+        "discarded": str(pool().stats().discarded),
     }
 
 
