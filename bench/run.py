@@ -203,4 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     if everything and args.out.resolve() == DEFAULT_OUT.resolve():
         render.update_readme(doc, REPO / "README.rst")
     print(f"wrote {args.out}/latest.md, latest.json, readme.rst, chart.png", file=sys.stderr)
+    if args.impls is None and args.workloads is None:  # a whole run: the Django step too
+        from bench import django_view  # its own PostgreSQL and report (django.md, django.json)
+
+        django_view.main([*(["--quick"] if args.quick else []), "--out", str(args.out)])
     return 0
