@@ -7,7 +7,8 @@ is a fresh child process (``gevent.monkey.patch_all()`` first, Django's settings
 takes a connection and runs one short query (``pg_sleep`` of ``hold_ms``). Every pool gets
 ``max_size`` connections. Implementations:
 
-* ``ours``: ``ENGINE: "geventconnpool.contrib.django.postgresql"``, ``OPTIONS["pool"]``.
+* ``ours``: ``ENGINE: "geventconnpool.contrib.django.postgresql"``, ``OPTIONS["pool"]``;
+  ``ours_noreset``: the same with ``"reset": None`` (no ``DISCARD ALL`` on return).
 * ``geventpool``: django-db-geventpool's ``postgresql_psycopg3`` backend, ``MAX_CONNS``.
 * ``django_pool``: Django's own ``OPTIONS["pool"]`` (psycopg_pool; its worker threads are
   greenlets once monkey-patched), ``min_size=max_size``.
@@ -42,12 +43,14 @@ DEFAULT_OUT = REPO / "bench" / "results"
 APP = "bench-django"
 LABELS = {
     "ours": "geventconnpool Django backend",
+    "ours_noreset": "geventconnpool, reset=None",
     "geventpool": "django-db-geventpool 4",
     "django_pool": "Django's own pool (psycopg_pool)",
     "no_pool": "Django, no pool (CONN_MAX_AGE=0)",
 }
 NEEDS = {
     "ours": ["django", "psycopg"],
+    "ours_noreset": ["django", "psycopg"],
     "geventpool": ["django", "psycopg", "django_db_geventpool"],
     "django_pool": ["django", "psycopg", "psycopg_pool"],
     "no_pool": ["django", "psycopg"],
@@ -64,9 +67,11 @@ def database(impl: str, port: int, max_size: int, timeout: float) -> dict[str, A
         "CONN_MAX_AGE": 0,
         "OPTIONS": {"application_name": APP},
     }
-    if impl == "ours":
+    if impl in ("ours", "ours_noreset"):
         entry["ENGINE"] = "geventconnpool.contrib.django.postgresql"
         entry["OPTIONS"]["pool"] = {"max_size": max_size, "timeout": timeout}
+        if impl == "ours_noreset":  # no DISCARD ALL on return: one round trip less per request
+            entry["OPTIONS"]["pool"]["reset"] = None
     elif impl == "geventpool":
         entry["ENGINE"] = "django_db_geventpool.backends.postgresql_psycopg3"
         entry["OPTIONS"].update(MAX_CONNS=max_size, REUSE_CONNS=max_size)
@@ -253,6 +258,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         return {"error": runs[0].get("error") if runs else "no run"}
     return {
         "req_per_s": statistics.median(r["req_per_s"] for r in good),
+        "all_done_s": statistics.median(r["elapsed_s"] for r in good),
         "wait_p50_ms": statistics.median(r["wait_p50_ms"] for r in good),
         "wait_p99_ms": statistics.median(r["wait_p99_ms"] for r in good),
         "wait_max_ms": max(r["wait_max_ms"] for r in good),
@@ -276,14 +282,14 @@ def render(doc: dict[str, Any]) -> str:
         f" django-db-geventpool {doc['versions'].get('django-db-geventpool')}.",
         "",
         "| implementation | req/s | x ours | wait p50 ms | wait p99 ms | worst wait ms"
-        " | x ours | server sessions (max) | failed | hung |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        " | x ours | server sessions (max) | failed | hung | all done s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     ours = doc["results"].get("ours", {})
     for impl, res in doc["results"].items():
         if "error" in res or "absent" in res:
             why = res.get("absent") or res.get("error")
-            lines.append(f"| {LABELS[impl]} | n/a: {why} | | | | | | | | |")
+            lines.append(f"| {LABELS[impl]} | n/a: {why} | | | | | | | | | |")
             continue
         rps = res["req_per_s"] / ours["req_per_s"] if ours.get("req_per_s") else float("nan")
         worst = (
@@ -292,7 +298,8 @@ def render(doc: dict[str, Any]) -> str:
         lines.append(
             f"| {LABELS[impl]} | {res['req_per_s']:.0f} | {rps:.2f} | {res['wait_p50_ms']:.2f}"
             f" | {res['wait_p99_ms']:.1f} | {res['wait_max_ms']:.1f} | {worst:.2f}"
-            f" | {res['peak_sessions']} | {res['failed']} | {res['hung']} |"
+            f" | {res['peak_sessions']} | {res['failed']} | {res['hung']}"
+            f" | {res['all_done_s']:.1f} |"
         )
     lines += [
         "",
@@ -300,7 +307,8 @@ def render(doc: dict[str, Any]) -> str:
         " holding it. Server sessions: the most sessions of the app `pg_stat_activity` showed"
         " at once (sampled every 5 ms), against max_size. Failed: requests that got an error"
         " (500); hung: requests still unanswered at the run's deadline (their wait counts as"
-        " the whole run). req/s: answered requests over the time to the last answer. Ratios:"
+        " the whole run). req/s: answered requests over the time to the last answer; all done:"
+        " the time until every request was answered or failed (the deadline if one hung). Ratios:"
         " the median over rounds divided by ours; worst wait is the worst over all rounds.",
     ]
     for impl, res in doc["results"].items():
