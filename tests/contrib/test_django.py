@@ -292,3 +292,23 @@ def test_djangos_test_runner_creates_migrates_and_drops(
             assert cur.fetchone()[0] == 0  # dropped: the pool had let go of its connections
     finally:
         admin.close()
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_callers_own_timeout_comes_out_as_itself(
+    postgres_server: PostgresServer, driver: str
+) -> None:
+    seen = run(postgres_server, "outer_timeout", driver, {"max_size": 1, "timeout": 5})
+    assert seen["same_timeout"], seen  # not turned into an OperationalError, not swallowed
+    assert seen["waiting_after"] == 0 and seen["in_use_during"] == 1, seen  # no stray waiter
+    assert seen["pool_timeouts"] == 0, seen
+    assert seen["next_request_ok"] and seen["in_use_after"] == 0, seen
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_memory_flat_over_10k_checkouts(postgres_server: PostgresServer, driver: str) -> None:
+    seen = run(postgres_server, "memory", driver, {"max_size": 10, "timeout": 5})
+    assert seen["checkouts"] >= 10_000, seen
+    assert seen["growth_bytes"] < 256 * 1024, seen  # measured: about 20 KB
+    assert seen["leases_alive"] == 0 and seen["forgotten"] == 0, seen
+    assert seen["in_use"] == 0 and seen["open"] <= 10, seen

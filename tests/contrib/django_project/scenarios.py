@@ -485,6 +485,84 @@ def killed_mid_transaction() -> dict[str, Any]:
 
 
 @scenario
+def outer_timeout() -> dict[str, Any]:
+    """A gevent.Timeout of the caller's own, while it waits for a connection, comes out as that
+    same Timeout (not an OperationalError) and leaves no waiter behind."""
+    held = gevent.event.Event()
+    release = gevent.event.Event()
+
+    def holder() -> None:
+        Item.objects.count()
+        held.set()
+        release.wait(30)
+        connection.close()
+
+    hold = gevent.spawn(holder)
+    held.wait(10)
+    mine = gevent.Timeout(0.2)
+    caught: Any = None
+    mine.start()
+    try:
+        Item.objects.count()
+    except gevent.Timeout as exc:
+        caught = exc
+    finally:
+        mine.cancel()
+    during = pool().stats()
+    release.set()
+    hold.join(10)
+    after_ok = Item.objects.count() >= 0
+    connection.close()
+    return {
+        "same_timeout": caught is mine,
+        "waiting_after": during.waiting,
+        "in_use_during": during.in_use,
+        "next_request_ok": after_ok,
+        "in_use_after": pool().stats().in_use,
+        "pool_timeouts": pool().stats().timeouts,
+    }
+
+
+@scenario
+def memory() -> dict[str, Any]:
+    """10^4 checkouts from 100 greenlets, each ending without closing its last one: memory
+    stays flat, nothing accumulates in the backend's bookkeeping."""
+    import gc
+    import tracemalloc
+
+    from geventconnpool.contrib.django import _pool as internals
+
+    def batch(greenlets: int, per: int) -> None:
+        def one() -> None:
+            for i in range(per):
+                with connection.cursor() as cur:
+                    cur.execute("SELECT 1")
+                if i < per - 1:
+                    connection.close()  # the last one is left open: the greenlet's end returns it
+
+        gevent.joinall([gevent.spawn(one) for _ in range(greenlets)], raise_error=True)
+        wait_until(lambda: pool().stats().in_use == 0, 10)
+
+    batch(100, 10)  # warm up: the pool full, Django's caches filled
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    batch(100, 100)
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    stats = pool().stats()
+    return {
+        "checkouts": stats.acquired,
+        "growth_bytes": after - before,
+        "leases_alive": len(internals._leases),
+        "forgotten": len(internals._forgotten),
+        "in_use": stats.in_use,
+        "open": stats.open,
+    }
+
+
+@scenario
 def fork() -> dict[str, Any]:
     """A forked child never uses the parent's connections, held or idle."""
     ready, release = gevent.event.Event(), gevent.event.Event()
