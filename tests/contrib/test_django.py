@@ -36,7 +36,7 @@ pytestmark = [pytest.mark.postgres]
 
 
 def run(
-    pg: PostgresServer,
+    port: int,
     name: str,
     driver: str,
     pool: dict[str, Any] | None = None,
@@ -47,7 +47,7 @@ def run(
     environ = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
-        "GCP_PG_PORT": str(pg.port),
+        "GCP_PG_PORT": str(port),
         "GCP_DJANGO_DRIVER": driver,
         "GCP_DB_TIME_ZONE": "Asia/Tokyo",
         "GCP_POOL": json.dumps(pool or {"max_size": 10, "timeout": 5}),
@@ -146,7 +146,7 @@ def test_backend_raises_improperly_configured_and_hides_pool_from_django() -> No
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_request_checks_out_and_gives_back(postgres_server: PostgresServer, driver: str) -> None:
     for max_age in ("0", "600"):  # CONN_MAX_AGE > 0: back at the end of the request all the same
-        seen = run(postgres_server, "lifecycle", driver, GCP_CONN_MAX_AGE=max_age)
+        seen = run(postgres_server.port, "lifecycle", driver, GCP_CONN_MAX_AGE=max_age)
         assert seen["in_use_during"] == 1, seen
         assert seen["in_use_after_request"] == 0 and seen["idle_after_request"] == 1, seen
         assert seen["in_use_after_close"] == 0, seen
@@ -155,7 +155,7 @@ def test_request_checks_out_and_gives_back(postgres_server: PostgresServer, driv
 
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_request_state_never_reaches_the_next(postgres_server: PostgresServer, driver: str) -> None:
-    seen = run(postgres_server, "state_reset", driver, {"max_size": 1, "timeout": 5})
+    seen = run(postgres_server.port, "state_reset", driver, {"max_size": 1, "timeout": 5})
     assert seen["same_connection"], seen
     assert seen["search_path"] == '"$user", public', seen
     assert seen["statement_timeout"] == "0", seen
@@ -168,7 +168,7 @@ def test_request_state_never_reaches_the_next(postgres_server: PostgresServer, d
 def test_transactions_behave_as_on_djangos_backend(
     postgres_server: PostgresServer, driver: str
 ) -> None:
-    seen = run(postgres_server, "transactions", driver)
+    seen = run(postgres_server.port, "transactions", driver)
     assert seen["ours"] == seen["django"], seen
     assert seen["ours"]["calls"] == ["before-commit", "outer", "inner-kept"], seen
     assert seen["in_use"] == 0, seen
@@ -178,7 +178,7 @@ def test_transactions_behave_as_on_djangos_backend(
 def test_connection_setup_runs_once_per_server_connection(
     postgres_server: PostgresServer, driver: str
 ) -> None:
-    seen = run(postgres_server, "setup_once", driver, {"max_size": 3, "timeout": 5})
+    seen = run(postgres_server.port, "setup_once", driver, {"max_size": 3, "timeout": 5})
     assert seen["acquired"] >= 30, seen
     assert 1 <= seen["setup_calls"] == seen["created_here"] <= 3, seen
     assert seen["timezones"] == ["Asia/Tokyo"], seen
@@ -188,7 +188,7 @@ def test_connection_setup_runs_once_per_server_connection(
 def test_greenlets_that_never_close_do_not_leak(
     postgres_server: PostgresServer, driver: str
 ) -> None:
-    seen = run(postgres_server, "never_closed", driver, {"max_size": 5, "timeout": 5})
+    seen = run(postgres_server.port, "never_closed", driver, {"max_size": 5, "timeout": 5})
     assert seen["errors"] == [], seen
     assert seen["returned"], seen
     assert seen["sessions"] <= 5, seen
@@ -199,7 +199,7 @@ def test_greenlets_that_never_close_do_not_leak(
 def test_pool_timeout_is_a_django_operational_error(
     postgres_server: PostgresServer, driver: str
 ) -> None:
-    seen = run(postgres_server, "pool_timeout", driver, {"max_size": 1, "timeout": 0.3})
+    seen = run(postgres_server.port, "pool_timeout", driver, {"max_size": 1, "timeout": 0.3})
     assert seen["raised"] == "django.db.utils.OperationalError", seen
     assert seen["cause"] == "PoolTimeout", seen
     assert f"pool {seen['pool_name']!r}: no connection within 0.3s" in seen["message"], seen
@@ -208,7 +208,7 @@ def test_pool_timeout_is_a_django_operational_error(
 
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_200_greenlets_never_exceed_max_size(postgres_server: PostgresServer, driver: str) -> None:
-    seen = run(postgres_server, "load", driver, {"max_size": 10, "timeout": 5})
+    seen = run(postgres_server.port, "load", driver, {"max_size": 10, "timeout": 5})
     assert seen["requests"] == 600 and seen["error_count"] == 0, seen
     assert 1 <= seen["peak_sessions"] <= 10, seen
     assert seen["max_wait"] < seen["timeout"], seen
@@ -219,7 +219,7 @@ def test_200_greenlets_never_exceed_max_size(postgres_server: PostgresServer, dr
 def test_terminated_sessions_fail_only_requests_in_flight(
     postgres_server: PostgresServer, driver: str
 ) -> None:
-    seen = run(postgres_server, "terminate", driver, {"max_size": 10, "timeout": 5})
+    seen = run(postgres_server.port, "terminate", driver, {"max_size": 10, "timeout": 5})
     assert seen["gone"] and seen["terminated"] == 10 and seen["idle_before"] >= 5, seen
     assert seen["failed_before_kill"] == 0, seen  # each failure was under way at the kill
     assert seen["failed"] <= seen["terminated"], seen  # a dead session fails one request at most
@@ -230,7 +230,7 @@ def test_terminated_sessions_fail_only_requests_in_flight(
 def test_greenlet_killed_mid_transaction_leaves_nothing(
     postgres_server: PostgresServer, driver: str
 ) -> None:
-    seen = run(postgres_server, "killed_mid_transaction", driver)
+    seen = run(postgres_server.port, "killed_mid_transaction", driver)
     for how in ("idle", "active"):
         assert seen[how]["busy_before_kill"] == 1, seen  # the transaction was open
         assert seen[how]["returned"] and seen[how]["no_open_transaction"], seen
@@ -241,7 +241,7 @@ def test_greenlet_killed_mid_transaction_leaves_nothing(
 def test_forked_child_never_uses_the_parents_connections(
     postgres_server: PostgresServer, driver: str
 ) -> None:
-    seen = run(postgres_server, "fork", driver)
+    seen = run(postgres_server.port, "fork", driver)
     assert "child_error" not in seen, seen
     assert seen["child_pid"] not in (seen["idle_pid"], seen["held_pid"]), seen
     assert seen["parent_still_works"], seen
@@ -298,7 +298,7 @@ def test_djangos_test_runner_creates_migrates_and_drops(
 def test_callers_own_timeout_comes_out_as_itself(
     postgres_server: PostgresServer, driver: str
 ) -> None:
-    seen = run(postgres_server, "outer_timeout", driver, {"max_size": 1, "timeout": 5})
+    seen = run(postgres_server.port, "outer_timeout", driver, {"max_size": 1, "timeout": 5})
     assert seen["same_timeout"], seen  # not turned into an OperationalError, not swallowed
     assert seen["waiting_after"] == 0 and seen["in_use_during"] == 1, seen  # no stray waiter
     assert seen["pool_timeouts"] == 0, seen
@@ -307,8 +307,57 @@ def test_callers_own_timeout_comes_out_as_itself(
 
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_memory_flat_over_10k_checkouts(postgres_server: PostgresServer, driver: str) -> None:
-    seen = run(postgres_server, "memory", driver, {"max_size": 10, "timeout": 5})
+    seen = run(postgres_server.port, "memory", driver, {"max_size": 10, "timeout": 5})
     assert seen["checkouts"] >= 10_000, seen
     assert seen["growth_bytes"] < 256 * 1024, seen  # measured: about 20 KB
     assert seen["leases_alive"] == 0 and seen["forgotten"] == 0, seen
     assert seen["in_use"] == 0 and seen["open"] <= 10, seen
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_driver_is_made_cooperative(postgres_server: PostgresServer, driver: str) -> None:
+    seen = run(postgres_server.port, "lifecycle", driver)  # psycopg2: no patch_psycopg() anywhere
+    assert seen["cooperative"], seen
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_backend_down_is_an_operational_error_naming_the_cause(
+    postgres_server: PostgresServer, driver: str
+) -> None:
+    from geventconnpool.testing import free_port
+
+    nowhere = free_port()  # nothing listens there
+    seen = run(nowhere, "backend_down", driver, {"max_size": 2, "timeout": 0.5})
+    assert seen["raised"] == "OperationalError" and seen["cause"] == "PoolTimeout", seen
+    assert "no connection within 0.5s" in seen["message"], seen
+    assert "connects are failing" in seen["message"], seen
+    assert seen["waited"] < 5, seen
+
+
+def test_psycopg_imported_before_patching_is_reported(postgres_server: PostgresServer) -> None:
+    """psycopg 3 imported before monkey.patch_all() blocks the process: one WARNING says so."""
+    pytest.importorskip("psycopg")
+    code = """
+import logging, os, psycopg
+from gevent import monkey
+monkey.patch_all()
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+os.environ["DJANGO_SETTINGS_MODULE"] = "tests.contrib.django_project.settings"
+import django
+django.setup()
+from django.db import connection
+with connection.cursor() as cur:
+    cur.execute("SELECT 1")
+"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GCP_PG_PORT": str(postgres_server.port)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "WARNING geventconnpool.contrib.django psycopg was imported before gevent" in proc.stderr

@@ -99,6 +99,7 @@ def lifecycle() -> dict[str, Any]:
     after_close = pool().stats()
     return {
         "driver": connection.Database.__name__,
+        "cooperative": _cooperative(),
         "in_use_during": during,
         "in_use_after_request": after_request.in_use,
         "idle_after_request": after_request.idle,
@@ -107,6 +108,34 @@ def lifecycle() -> dict[str, Any]:
         "acquired": after_close.acquired,
         "conn_max_age": connection.settings_dict["CONN_MAX_AGE"],
     }
+
+
+def _cooperative() -> bool:
+    """Whether the driver's queries yield to other greenlets: psycopg2 has a wait callback (the
+    backend installs psycogreen's), psycopg 3 does not use its blocking C wait."""
+    if connection.Database.__name__ == "psycopg2":
+        import psycopg2.extensions
+
+        return psycopg2.extensions.get_wait_callback() is not None
+    import psycopg.waiting
+
+    return psycopg.waiting.wait is not getattr(psycopg.waiting, "wait_c", None)
+
+
+@scenario
+def backend_down() -> dict[str, Any]:
+    """No server at the address: the request gets OperationalError saying connects fail."""
+    start = time.monotonic()
+    try:
+        connection.ensure_connection()
+        return {"raised": None}
+    except OperationalError as exc:
+        return {
+            "raised": type(exc).__name__,
+            "message": str(exc),
+            "cause": type(exc.__cause__).__name__,
+            "waited": time.monotonic() - start,
+        }
 
 
 @scenario
@@ -614,8 +643,9 @@ def fork() -> dict[str, Any]:
 
 def main() -> None:
     name = sys.argv[1]
-    call_command("migrate", verbosity=0)
-    connection.close()
+    if name != "backend_down":
+        call_command("migrate", verbosity=0)
+        connection.close()
     result = SCENARIOS[name]()
     result["driver"] = connection.Database.__name__
     print(json.dumps(result), flush=True)
