@@ -29,15 +29,46 @@ ROOT = Path(__file__).resolve().parents[2]
 APP = "django-example"
 
 
-def sessions(host: str, port: int) -> int:
-    """Sessions of the app on the server, counted on a connection of our own."""
+def session_ports(host: str, port: int) -> list[int]:
+    """The client ports of the app's sessions, as the server sees them (``pg_stat_activity``)."""
     import psycopg
 
     with psycopg.connect(host=host, port=port, user="postgres", dbname="postgres") as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (APP,)
-        ).fetchone()
-    return int(row[0]) if row else 0
+        rows = conn.execute(
+            "SELECT client_port FROM pg_stat_activity WHERE application_name = %s", (APP,)
+        ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def ports_of(pid: int) -> set[int]:
+    """Local TCP ports of the sockets process ``pid`` holds open (Linux ``/proc``)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[9] in inodes:
+            ports.add(int(fields[1].split(":")[1], 16))
+    return ports
+
+
+def sessions_by_process(master: int, host: str, port: int) -> dict[str, int]:
+    """How many of the app's server sessions each process (master, workers) holds."""
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    owners = {"master": ports_of(master)}
+    owners.update({f"worker {pid}": ports_of(int(pid)) for pid in children})
+    counts = dict.fromkeys(owners, 0)
+    counts["nobody"] = 0
+    for client in session_ports(host, port):
+        owner = next((name for name, ports in owners.items() if client in ports), "nobody")
+        counts[owner] += 1
+    return counts
 
 
 def main() -> int:
@@ -65,7 +96,8 @@ def main() -> int:
         try:
             wait_http(http, 30, proc, log)
             answers = list(gevent.pool.Pool(20).imap(lambda _: answer(http), range(args.requests)))
-            good = report(answers, args.size, sessions(args.host, args.port))
+            held = sessions_by_process(proc.pid, args.host, args.port)
+            good = report(answers, args.size, held)
         finally:
             stop(proc)
         if proc.returncode != 0:
@@ -84,15 +116,15 @@ def answer(http: tuple[str, int]) -> dict[str, Any]:
     return result
 
 
-def report(answers: list[dict[str, Any]], size: int, server_sessions: int) -> bool:
-    """Print each worker's answers and the server's count; True if all is as it should be."""
+def report(answers: list[dict[str, Any]], size: int, held: dict[str, int]) -> bool:
+    """Print each worker's answers and who holds the server's sessions; True if all is well:
+    every request answered, no session shared between workers, none held by the master."""
     ok = [a for a in answers if a["status"] == 200]
     workers: dict[int, dict[str, Any]] = {}
     for a in ok:
-        w = workers.setdefault(a["worker"], {"requests": 0, "backends": set(), "created": 0})
+        w = workers.setdefault(a["worker"], {"requests": 0, "backends": set()})
         w["requests"] += 1
         w["backends"].add(a["backend"])
-        w["created"] = max(w["created"], a["created"])
         w["pool"] = a["pool"]
     for pid, w in sorted(workers.items()):
         print(
@@ -100,16 +132,22 @@ def report(answers: list[dict[str, Any]], size: int, server_sessions: int) -> bo
             f" on {len(w['backends'])} server session(s)"
         )
     shared = set.intersection(*(w["backends"] for w in workers.values())) if workers else set()
-    owned = sum(w["created"] for w in workers.values())  # sessions the workers' pools opened
     print(f"{len(ok)}/{len(answers)} requests answered")
+    mine = {k: v for k, v in held.items() if k.startswith("worker")}
     print(
-        f"the server sees {server_sessions} sessions of the app, all of them opened by the"
-        f" workers' pools ({owned}); the master holds none"
-        if server_sessions <= owned
-        else f"the server sees {server_sessions} sessions of the app, the workers have {owned}"
+        f"server sessions of the app: master {held['master']},"
+        f" {', '.join(f'{k} {v}' for k, v in sorted(mine.items()))}, no process {held['nobody']}"
     )
-    within = all(len(w["backends"]) <= size for w in workers.values())
-    return len(ok) == len(answers) and not shared and server_sessions <= owned and within
+    if held["master"] == 0 and held["nobody"] == 0:
+        print("the master holds none; every session belongs to a worker's pool")
+    within = all(n <= size for n in mine.values())
+    return (
+        len(ok) == len(answers)
+        and not (shared and len(workers) > 1)
+        and held["master"] == 0
+        and held["nobody"] == 0
+        and within
+    )
 
 
 if __name__ == "__main__":

@@ -361,3 +361,13 @@ with connection.cursor() as cur:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "WARNING geventconnpool.contrib.django psycopg was imported before gevent" in proc.stderr
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_real_os_threads_connect_without_the_pool(
+    postgres_server: PostgresServer, driver: str
+) -> None:
+    seen = run(postgres_server.port, "os_thread", driver)
+    assert seen["thread_pid"] > 0, seen  # connected and queried, unpooled
+    assert seen["acquired_in_thread"] == 0 and seen["created_in_thread"] == 0, seen
+    assert seen["main_still_pooled"], seen

@@ -592,6 +592,32 @@ def memory() -> dict[str, Any]:
 
 
 @scenario
+def os_thread() -> dict[str, Any]:
+    """From a real OS thread (gevent's threadpool) the backend connects as Django's own does:
+    no pool, no cross-thread use of the main thread's pool."""
+    Item.objects.count()
+    connection.close()
+    before = pool().stats()
+
+    def in_thread() -> int:
+        with connection.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            pid = int(cur.fetchone()[0])
+        unpooled = connection.gevent_pool is None
+        connection.close()
+        return pid if unpooled else -1
+
+    pid = gevent.get_hub().threadpool.apply(in_thread)
+    after = pool().stats()
+    return {
+        "thread_pid": pid,
+        "acquired_in_thread": after.acquired - before.acquired,
+        "created_in_thread": after.created - before.created,
+        "main_still_pooled": connection.gevent_pool is not None,
+    }
+
+
+@scenario
 def fork() -> dict[str, Any]:
     """A forked child never uses the parent's connections, held or idle."""
     ready, release = gevent.event.Event(), gevent.event.Event()

@@ -146,6 +146,10 @@ class DatabaseWrapper(_pg.DatabaseWrapper):  # type: ignore[misc]
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         if self._gcp_config is None:
             return super().get_new_connection(conn_params)
+        if not _in_main_thread():  # a real OS thread has its own hub: no pool there
+            _warn_thread_once(self.alias)
+            self._gcp_config = None  # this wrapper (this thread's) behaves as Django's own
+            return super().get_new_connection(conn_params)
         self.isolation_level = _isolation_level(self.settings_dict["OPTIONS"])
         pool = self.gevent_pool
         assert pool is not None
@@ -207,6 +211,29 @@ class _Opener:
             conn.close()
             raise
         return conn
+
+
+def _in_main_thread() -> bool:
+    """True in the process's main OS thread, where gevent apps run every greenlet (by native
+    thread id: with ``threading`` monkey-patched, idents are greenlets')."""
+    from gevent.monkey import get_original
+    from gevent.threading import main_native_thread  # type: ignore[import-not-found]
+
+    return bool(get_original("_thread", "get_native_id")() == main_native_thread().native_id)
+
+
+_warned_threads: set[str] = set()
+
+
+def _warn_thread_once(alias: str) -> None:
+    if alias not in _warned_threads:
+        _warned_threads.add(alias)
+        log.warning(
+            "database %r: used from an OS thread other than the main one (runserver's threads, "
+            "a thread pool): connections there are Django's own, unpooled; the pool serves the "
+            "greenlets of the main thread (run under gunicorn -k gevent, or monkey-patched)",
+            alias,
+        )
 
 
 def _configure_timezone(wrapper: Any, conn: Any) -> None:
