@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck pytest servers bench bench-quick chaos clean dist docs \
-	ci-dist ci-pythons ci-floor
+	ci-dist ci-pythons ci-floor ci-django
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +71,10 @@ ci-pythons: dist/.built
 
 ci-floor: dist/.built
 	bash scripts/ci-package floor
+
+# The Django backend's tests on each supported Django series, one small venv each.
+ci-django: servers
+	bash scripts/ci-django
 
 clean:
 	rm -rf $(VENV) build dist docs/_build *.egg-info .pytest_cache .mypy_cache .ruff_cache

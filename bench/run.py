@@ -217,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {args.out}/latest.md, latest.json, readme.rst, chart.png", file=sys.stderr)
     if "sqlalchemy" in impls and args.workloads is None:
         run_sqlalchemy_session(args)
+    if args.impls is None and args.workloads is None:  # a whole run: the Django step too
+        from bench import django_view  # its own PostgreSQL and report (django.md, django.json)
+
+        django_view.main([*(["--quick"] if args.quick else []), "--out", str(args.out)])
     return 0
 
 
