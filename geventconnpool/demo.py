@@ -35,8 +35,10 @@ REQUEST_TIMEOUT = 5.0  # bounds each connect, get() and reply
 RETRIES = 5  # @retry(max_failures=...) around every request
 _WIDTH = 26  # label column of the table
 _COLUMN = 24  # each result column
-INTERRUPTED = 130  # the exit code after Ctrl-C, as a shell reports a process killed by SIGINT
-QUICK = {"greenlets": 50, "requests": 3_000, "compare_requests": 500}  # --quick: about a second
+#: The exit code after Ctrl-C, as a shell reports a process killed by SIGINT.
+INTERRUPTED = 130
+#: The counts of ``--quick`` (about a second).
+QUICK = {"greenlets": 50, "requests": 3_000, "compare_requests": 500}
 
 
 @dataclass(frozen=True)

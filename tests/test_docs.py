@@ -251,3 +251,84 @@ def test_readme_states_no_chaos_figure_outside_its_summary() -> None:
     outside = readme[: readme.index(README_START)] + readme[readme.index(README_END) :]
     assert f"{data['soak']['checkouts']:,}" not in outside
     assert not re.search(r"\d+ random faults|about (ten|\d+) minutes", outside)
+
+
+# ---------------------------------------------------------------- install commands
+
+# `pip install` of a requirement named geventconnpool, in any quoting, with any options before it.
+_PIP = re.compile(
+    r"pip install\s+(?:-\S+\s+)*(?P<q>[\"']?)(?P<req>geventconnpool\b(?:\[[^\]]*\])?"
+    r"(?:\s*@\s*[^\s\"'`]+)?)(?P=q)"
+)
+
+
+def install_texts() -> dict[str, str]:
+    """Every file a user reads a command in: README, docs/, the package's messages and
+    docstrings (the API reference shows them), the examples; whitespace (line breaks inside an
+    inline literal) collapsed."""
+    files = [*pages()]
+    for top in ("geventconnpool", "examples", "scripts"):
+        files += sorted((ROOT / top).rglob("*.py"))
+    return {str(f.relative_to(ROOT)): re.sub(r"\s+", " ", f.read_text()) for f in files}
+
+
+def bad_install_commands(text: str, source_url: str, extras: set[str]) -> list[str]:
+    """The `pip install geventconnpool...` commands in ``text`` that would not install this
+    version: no direct reference to the repository (the index has 0.2.1), or an extra it lacks."""
+    from packaging.requirements import Requirement
+
+    bad = []
+    for match in _PIP.finditer(text):
+        req = Requirement(match["req"])
+        if req.url != f"git+{source_url}" or not req.extras <= extras:
+            bad.append(match[0])
+    return bad
+
+
+def project_install_facts() -> tuple[str, set[str]]:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return project["urls"]["Source"], set(project["optional-dependencies"])
+
+
+def test_every_install_command_installs_this_version() -> None:
+    source, extras = project_install_facts()
+    found = {
+        name: bad_install_commands(text, source, extras) for name, text in install_texts().items()
+    }
+    bad = {name: commands for name, commands in found.items() if commands}
+    assert not bad, (
+        "these install the package index's geventconnpool (0.2.1), or an extra it has not: "
+        f'write pip install "geventconnpool[<extra>] @ git+{source}": {bad}'
+    )
+    commands = sum(len(_PIP.findall(text)) for text in install_texts().values())
+    assert commands >= 8  # README's sections, the guides, the extras' ImportError
+
+
+def test_the_install_check_catches_what_would_hit_the_index() -> None:
+    source, extras = project_install_facts()
+    git = f"git+{source}"
+    assert bad_install_commands(
+        "pip install geventconnpool; ``pip install geventconnpool[prometheus]``; "
+        "pip install 'geventconnpool[redis]'; pip install -U \"geventconnpool[postgres]\"; "
+        f'pip install "geventconnpool[nope] @ {git}"; pip install "geventconnpool @ git+https://x"',
+        source,
+        extras,
+    ) == [
+        "pip install geventconnpool",
+        "pip install geventconnpool[prometheus]",
+        "pip install 'geventconnpool[redis]'",
+        'pip install -U "geventconnpool[postgres]"',
+        f'pip install "geventconnpool[nope] @ {git}"',
+        'pip install "geventconnpool @ git+https://x"',
+    ]
+    ok = f"pip install \"geventconnpool[redis] @ {git}\"; pip install -e '.[redis]'"
+    assert bad_install_commands(ok, source, extras) == []
+
+
+def test_the_readme_says_once_why_it_installs_from_the_repository() -> None:
+    readme = (ROOT / "README.rst").read_text()
+    section = readme[readme.index("\nInstalling\n") : readme.index("\nCredits and licence\n")]
+    assert "still the original 0.2.1" in section and "package index" in section
+    assert readme.count("still the original 0.2.1") == 1

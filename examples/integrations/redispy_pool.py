@@ -1,7 +1,7 @@
 """redis-py's client on geventconnpool: RedisPyConnectionPool behind redis.Redis.
 
-Needs a Redis server and redis-py (``pip install 'geventconnpool[redis]'``). Run it from the
-repository root::
+Needs a Redis server and redis-py (the ``redis`` extra: ``pip install -e '.[redis]'``).
+Run it from the repository root::
 
     python examples/integrations/redispy_pool.py                 # 127.0.0.1:6379
     python examples/integrations/redispy_pool.py --port 6380
