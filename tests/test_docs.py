@@ -20,11 +20,13 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from gevent import socket
 
 from . import servers
 from .servers import CI
@@ -332,3 +334,61 @@ def test_the_readme_says_once_why_it_installs_from_the_repository() -> None:
     section = readme[readme.index("\nInstalling\n") : readme.index("\nCredits and licence\n")]
     assert "still the original 0.2.1" in section and "package index" in section
     assert readme.count("still the original 0.2.1") == 1
+
+
+# ---------------------------------------------------------------- monkey-patching under --preload
+
+PRELOAD_APP = """
+{patch}from ssl import SSLContext  # a direct reference, as urllib3 and requests hold
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+"""
+PATCH = "from gevent import monkey\nmonkey.patch_all()\n"
+# The sync point: gunicorn calls post_worker_init in each worker after the gevent worker patched.
+READY_HOOK = """
+def post_worker_init(worker):
+    worker.log.info("worker ready")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("where", "preload", "warnings"),
+    [
+        ("nowhere", True, 2),  # what the page warns about: one MonkeyPatchWarning per worker
+        ("nowhere", False, 0),  # without --preload each worker patches before importing
+        ("app", True, 0),  # the page's first fix: the app module's first lines
+        ("config", True, 0),  # the page's second fix: a gunicorn config file
+    ],
+)
+def test_monkey_patching_under_gunicorn_preload_is_as_the_page_says(
+    tmp_path: Path, where: str, preload: bool, warnings: int
+) -> None:
+    from geventconnpool.testing import free_port
+
+    page = (ROOT / "docs" / "usage" / "monkey-patching.rst").read_text()
+    assert "      " + PATCH.strip().replace("\n", "\n      ") in page  # the lines to write
+    (tmp_path / "app.py").write_text(PRELOAD_APP.format(patch=PATCH if where == "app" else ""))
+    (tmp_path / "gunicorn_conf.py").write_text((PATCH if where == "config" else "") + READY_HOOK)
+    port = free_port()
+    argv = [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "2", "-b", f"127.0.0.1:{port}"]
+    argv += ["--preload"] if preload else []
+    argv += ["-c", "gunicorn_conf.py"]
+    log = tmp_path / "gunicorn.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([*argv, "app:app"], cwd=tmp_path, stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 30
+        while log.read_text().count("worker ready") < 2:
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:  # served
+            sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            assert sock.recv(64).startswith(b"HTTP/1.")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert log.read_text().count("MonkeyPatchWarning: Monkey-patching ssl after ssl") == warnings
