@@ -4,8 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest servers bench bench-quick chaos clean dist docs \
-	ci-dist ci-pythons ci-floor ci-django
+.PHONY: demo test lint typecheck pytest servers servers-up servers-down bench bench-quick chaos \
+	clean dist docs ci-dist ci-pythons ci-floor ci-django
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,15 @@ demo: $(VENV)/bin/python
 
 servers:
 	bash scripts/ensure-servers
+
+# The Redis and PostgreSQL the examples and guides expect, on 127.0.0.1:6379 and 127.0.0.1:5432
+# (PostgreSQL: user postgres, no password); `make servers-down` stops them and deletes their data.
+# SERVERS_OPTS="--redis-port 6380 --postgres-port 5433" moves them (scripts/servers.py --help).
+servers-up: servers
+	$(PYTHON) scripts/servers.py up $(SERVERS_OPTS)
+
+servers-down:
+	$(PYTHON) scripts/servers.py down $(SERVERS_OPTS)
 
 test: $(STAMP) servers
 	$(PY) -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; fi; test $$rc -eq 0

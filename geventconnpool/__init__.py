@@ -16,6 +16,7 @@ from .errors import (
     PoolExhausted,
     PoolTimeout,
     PoolUnavailable,
+    PoolWarning,
 )
 from .keyed import PoolMap
 from .pool import ConnectionPool
@@ -38,6 +39,7 @@ __all__ = [
     "PoolStats",
     "PoolTimeout",
     "PoolUnavailable",
+    "PoolWarning",
     "RetryBudget",
     "WaiterInfo",
     "__version__",

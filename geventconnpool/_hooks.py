@@ -6,7 +6,8 @@ each runs; the pool calls them through the instance, so they may also be replace
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+import difflib
+from typing import Any, Generic, TypeVar
 
 from . import _fork
 from ._probe import socket_is_quiet
@@ -71,3 +72,19 @@ class Hooks(Generic[C]):
     def _is_disconnect(self, exc: BaseException) -> bool:
         """True when ``exc``, raised inside ``with pool.get()``, means the connection is broken."""
         return isinstance(exc, self.exc_classes) and not isinstance(exc, PoolError)
+
+
+def require_new_connection(cls: type[Any]) -> None:
+    """Refuse, when the pool is made, a class that cannot open a connection: ``ConnectionPool``
+    itself, or a subclass whose ``_new_connection`` is missing or misspelt. Otherwise it would
+    only fail at the first ``get()``, after retrying ``NotImplementedError`` with backoff."""
+    if getattr(cls, "_new_connection", None) is not Hooks._new_connection:
+        return
+    names = [n for c in cls.__mro__ if c is not Hooks for n in vars(c) if n.startswith("_")]
+    close = difflib.get_close_matches("_new_connection", names, n=1, cutoff=0.8)
+    hint = f" (is {close[0]!r} a misspelling of it?)" if close else ""
+    raise TypeError(
+        f"{cls.__name__} does not implement _new_connection(){hint}: subclass ConnectionPool "
+        "and define `def _new_connection(self)` returning a new connection; ConnectionPool "
+        "itself cannot open one"
+    )

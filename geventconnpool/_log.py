@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+import warnings
 from typing import Any
 
 from ._records import greenlet_label
+from .errors import PoolWarning
 
 LOGGER = logging.getLogger("geventconnpool")
 
@@ -47,13 +49,14 @@ class RateLimitedLog:
     per attempt.
     """
 
-    __slots__ = ("_interval", "_last", "_logger", "_suppressed")
+    __slots__ = ("_interval", "_last", "_logger", "_suppressed", "outage_warned")
 
     def __init__(self, logger: logging.Logger, interval: float = 60.0) -> None:
         self._logger = logger
         self._interval = interval
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
+        self.outage_warned = False  # the PoolWarning of this outage was issued (see warn_outage)
 
     def log(self, level: int, key: str, msg: str, *args: object) -> None:
         """Log ``msg % args`` unless ``key`` was logged less than ``interval`` seconds ago."""
@@ -86,6 +89,9 @@ def log_event(
 ) -> None:
     """Log what the state reported: a failed connect, the backend down or back."""
     if event == "failed":
+        if not limited.outage_warned:
+            limited.outage_warned = True
+            warn_outage(name, error)
         limited.log(
             logging.WARNING, "connect",
             "pool %r: connect failed (%d in a row; next attempt in %.2fs): %r",
@@ -98,6 +104,30 @@ def log_event(
     elif event == "up":
         log.info("pool %r: backend is back, a connect succeeded", name)
         limited.reset("connect")
+        limited.outage_warned = False  # the next outage is warned about again
+
+
+def warn_outage(name: str, error: object) -> None:
+    """The first failed connect of a pool, and the first after each outage it recovered from, as
+    a :class:`PoolWarning`: Python prints it to stderr when nothing configured warnings or
+    logging (``geventconnpool`` logs to a NullHandler until the application configures logging).
+
+    No warning registry is kept (``registry=None``): a program with many pools (PoolMap) does not
+    accumulate one entry per message. A filter that turns warnings into errors (``-W error``)
+    cannot raise anywhere useful from a connect greenlet: the warning is then dropped, the log
+    line stays.
+    """
+    message = (
+        f"pool {name!r}: connect failed: {error!r}; is the backend up? The pool retries in the "
+        "background and get() raises PoolTimeout after its timeout; this is printed once per "
+        "outage (the logger 'geventconnpool' has every attempt)"
+    )
+    try:
+        warnings.warn_explicit(
+            message, PoolWarning, "geventconnpool", 0, module="geventconnpool", registry=None
+        )
+    except PoolWarning:
+        pass
 
 
 def warn_held(log: logging.Logger, name: str, rec: Any, limit: float | None) -> None:

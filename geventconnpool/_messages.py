@@ -32,7 +32,10 @@ def timeout_error(name: str, state: PoolState[Any], timeout: float | None) -> Po
     hint = "raise max_size, hold connections for less time, or pass a larger timeout"
     failures = max(state.failures, state.rejected)
     if failures:
-        hint = f"connects are failing ({failures} in a row): is the backend up?"
+        hint = (
+            f"connects are failing ({failures} in a row; the last failed with "
+            f"{state.last_error!r}): is the backend up?"
+        )
     return PoolTimeout(
         f"pool {name!r}: no connection within {timeout}s ({state_text(state)}); {hint}"
     )

@@ -13,6 +13,11 @@ from .errors import DEFAULT_EXC_CLASSES
 #: Longest duration any option accepts (about 31 years); larger values overflow gevent's timers.
 MAX_SECONDS = 1e9
 
+#: Default deadline of ``get()``, in seconds, as psycopg_pool, HikariCP and SQLAlchemy have it: a
+#: pool whose backend is down fails the call with a PoolTimeout naming the cause instead of
+#: hanging it silently. ``timeout=None`` waits for ever, as 0.2.1 did.
+DEFAULT_TIMEOUT = 30.0
+
 
 def check_int(name: str, value: Any, minimum: int, *, optional: bool = False) -> int | None:
     """Return ``value`` if it is an int (not a bool) >= ``minimum``; None passes if ``optional``."""
@@ -119,7 +124,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("min_size", None, _int(0, optional=True), True),
     Option("max_size", None, _int(1, optional=True), True),
     Option("name", None, _name, False),
-    Option("timeout", None, _seconds(), True),
+    Option("timeout", DEFAULT_TIMEOUT, _seconds(), True),
     Option("max_waiting", None, _int(0, optional=True), True),
     Option("connect_timeout", 30.0, _seconds(allow_zero=False), True),
     Option("reconnect_delay", None, _seconds(), True),

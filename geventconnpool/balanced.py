@@ -43,7 +43,7 @@ import gevent.socket
 from gevent.event import Event
 
 from ._multi import combine_stats, counters_only, override_hook
-from ._options import check_int, check_name, check_seconds
+from ._options import DEFAULT_TIMEOUT, check_int, check_name, check_seconds
 from .errors import PoolClosed, PoolUnavailable
 from .pool import ConnectionPool
 from .stats import PoolStats
@@ -182,7 +182,7 @@ class BalancedPool(Generic[C]):
         probe: Callable[[C], object] | None = None,
         resolve_interval: float | None = 30.0,
         resolver: Resolver | None = None,
-        timeout: float | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
         name: str | None = None,
         rng: random.Random | None = None,
     ) -> None:

@@ -35,8 +35,10 @@ REQUEST_TIMEOUT = 5.0  # bounds each connect, get() and reply
 RETRIES = 5  # @retry(max_failures=...) around every request
 _WIDTH = 26  # label column of the table
 _COLUMN = 24  # each result column
-INTERRUPTED = 130  # the exit code after Ctrl-C, as a shell reports a process killed by SIGINT
-QUICK = {"greenlets": 50, "requests": 3_000, "compare_requests": 500}  # --quick: about a second
+#: The exit code after Ctrl-C, as a shell reports a process killed by SIGINT.
+INTERRUPTED = 130
+#: The counts of ``--quick`` (about a second).
+QUICK = {"greenlets": 50, "requests": 3_000, "compare_requests": 500}
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,10 @@ class PhaseResult:
     attempts: int = 0  # calls of the request function, retries included
     running: int = 0  # requests in progress (after a timed-out run: the interrupted ones)
     seconds: float = 0.0
-    latencies: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)  # whole requests, waits included
+    #: Per successful attempt, the time spent with a connection: pooled, from get()'s return to
+    #: the end of the PING; a new connection per request, the connect and the PING.
+    on_connection: list[float] = field(default_factory=list)
     connections: int = 0  # connections opened
     timed_out: bool = False
     interrupted: bool = False  # stopped by Ctrl-C
@@ -107,9 +112,10 @@ class PhaseResult:
             return 0
         return self.stats.created - self.created_at_drop
 
-    def percentile(self, q: float) -> float:
-        """Latency (seconds) at quantile ``q`` (nearest rank); 0 without data."""
-        values = sorted(self.latencies)
+    def percentile(self, q: float, of: list[float] | None = None) -> float:
+        """Latency (seconds) at quantile ``q`` (nearest rank) of ``latencies`` (or ``of``); 0
+        without data."""
+        values = sorted(self.latencies if of is None else of)
         if not values:
             return 0.0
         return values[min(len(values) - 1, max(0, math.ceil(q * len(values)) - 1))]
@@ -252,7 +258,9 @@ def pooled_phase(
         def request() -> None:
             result.attempts += 1
             with pool.get() as sock:
+                start = time.perf_counter()
                 ping(sock)
+                result.on_connection.append(time.perf_counter() - start)
 
         progress = Progress(out, result)
         drive(
@@ -296,18 +304,22 @@ def per_connection_phase(
     out: TextIO,
     stop: gevent.event.Event | None = None,
 ) -> PhaseResult:
-    """The same workload, opening (and closing) a new connection for every request."""
+    """The same greenlets doing ``opts.compare_requests`` requests (fewer than the pooled run:
+    a connection per request is slow and ties up an ephemeral port each), each opening (and
+    closing) a connection of its own."""
     result = PhaseResult("new connection per request", opts.compare_requests)
 
     @retry(max_failures=RETRIES, interval=0.005, backoff=2.0)
     def request() -> None:
         result.attempts += 1
+        start = time.perf_counter()
         sock = connect(address)
         result.connections += 1
         try:
             ping(sock)
         finally:
             sock.close()
+        result.on_connection.append(time.perf_counter() - start)
 
     drive(result, request, opts.greenlets, deadline, Progress(out, result), stop=stop)
     return result
@@ -370,6 +382,7 @@ def table(pooled: PhaseResult, other: PhaseResult | None) -> str:
         _row("requests/s", *(f"{c.rate:,.0f}" for c in cols)),
         _row("latency p50", *(_ms(c.percentile(0.50)) for c in cols)),
         _row("latency p99", *(_ms(c.percentile(0.99)) for c in cols)),
+        _row("on the connection p50", *(_ms(c.percentile(0.5, c.on_connection)) for c in cols)),
         _row("connections opened", *(f"{c.connections:,}" for c in cols)),
         _row("retried by @retry", *(f"{c.retried:,}" for c in cols)),
     ]
@@ -388,11 +401,7 @@ def table(pooled: PhaseResult, other: PhaseResult | None) -> str:
 
 def verdict(pooled: PhaseResult, other: PhaseResult | None, greenlets: int) -> list[str]:
     """A few sentences a newcomer can read instead of the table."""
-    size = pooled.stats.max_size if pooled.stats is not None else 0
-    lines = [
-        f"Latencies include the wait in pool.get():"
-        f" {_n(min(greenlets, pooled.planned), 'greenlet')} for {_n(size, 'connection')}."
-    ]
+    lines = [_latency_note(pooled, other, greenlets)]
     if other is not None and other.rate > 0 and pooled.rate > 0:
         lines.append(
             f"The pool served {pooled.rate / other.rate:.1f}x the requests per second of a new"
@@ -411,6 +420,27 @@ def verdict(pooled: PhaseResult, other: PhaseResult | None, greenlets: int) -> l
             f" opened {pooled.replaced} to replace them ({s.open}/{s.max_size} open at the end)."
         )
     return [*lines, _outcome([pooled] if other is None else [pooled, other])]
+
+
+def _latency_note(pooled: PhaseResult, other: PhaseResult | None, greenlets: int) -> str:
+    """What the latency rows mean: the pool's is mostly the wait for a connection, measured."""
+    s = pooled.stats
+    size = s.max_size if s is not None else 0
+    wait = s.wait_seconds_total / max(s.acquired, 1) if s is not None else 0.0
+    users = _n(min(greenlets, pooled.planned), "greenlet")
+    note = (
+        f"Latencies include the wait in pool.get(): {users} share {_n(size, 'connection')}, so a"
+        f" pooled request's latency (median {_ms(pooled.percentile(0.5))}) is its wait for a"
+        f" connection (mean {_ms(wait)}) plus its time on one (median"
+        f" {_ms(pooled.percentile(0.5, pooled.on_connection))}, row 'on the connection')."
+    )
+    if other is not None and other.on_connection:
+        note += (
+            f" A new connection per request waits for no other greenlet, but pays a connect"
+            f" every time ({_ms(other.percentile(0.5, other.on_connection))} median for connect"
+            f" and PING) and has the server hold up to {users}' connections at once."
+        )
+    return note
 
 
 def _outcome(results: list[PhaseResult]) -> str:

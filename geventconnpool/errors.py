@@ -28,6 +28,11 @@ class PoolUnavailable(PoolError):
     """The backend is considered down (``fail_fast``): ``get()`` fails at once, not waiting."""
 
 
+class PoolWarning(RuntimeWarning):
+    """A pool's connects started failing: printed to stderr once per outage by Python's default
+    warning filters, so that a backend that is down is seen without any logging configured."""
+
+
 __all__ = [
     "DEFAULT_EXC_CLASSES",
     "PoolClosed",
@@ -35,4 +40,5 @@ __all__ = [
     "PoolExhausted",
     "PoolTimeout",
     "PoolUnavailable",
+    "PoolWarning",
 ]

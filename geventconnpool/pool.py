@@ -22,7 +22,7 @@ from gevent.hub import get_hub
 from greenlet import getcurrent
 
 from . import _connector, _fork
-from ._hooks import Hooks
+from ._hooks import Hooks, require_new_connection
 from ._log import RateLimitedLog, log_event, pool_logger, warn_collected, warn_held
 from ._maintenance import Scheduler
 from ._messages import (
@@ -150,6 +150,7 @@ class ConnectionPool(PoolOptions, Hooks[C]):
         fair_after: float = _UNSET,
         open: bool = True,
     ) -> None:
+        require_new_connection(type(self))  # ConnectionPool(5), a misspelt _new_connection
         given = {k: v for k, v in locals().items() if k in BY_NAME and v is not _UNSET}
         configure(self, size, given)  # validates everything before any state or greenlet exists
         if not isinstance(open, bool):
@@ -191,7 +192,7 @@ class ConnectionPool(PoolOptions, Hooks[C]):
         """A context manager that hands out a connection: ``with pool.get() as conn:``.
 
         ``timeout`` (seconds) bounds everything get() does; None waits for ever; 0 never waits.
-        The pool-wide ``timeout`` option applies when it is not given.
+        The pool-wide ``timeout`` option (default 30 s) applies when it is not given.
         """
         if timeout is _UNSET:
             timeout = self.timeout

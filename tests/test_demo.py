@@ -283,3 +283,39 @@ def test_version_option_prints_the_package_version() -> None:
     )
     assert proc.returncode == 0, proc
     assert proc.stdout.decode().strip() == f"geventconnpool {geventconnpool.__version__}"
+
+
+def test_demo_shows_the_time_on_the_connection_apart_from_the_wait(small_run: Run) -> None:
+    """The pool's latency includes the wait for a connection; the row and the note say how much
+    of it was the wait and how much the request itself (issue 21)."""
+    cells = small_run.row("on the connection p50")
+    assert len(cells) == 2 and all(re.fullmatch(r"\d+\.\d+ m?s", c) for c in cells), cells
+    text = " ".join(small_run.out.split())
+    assert re.search(
+        r"50 greenlets share 20 connections, so a pooled request's latency \(median \d+\.\d+ m?s\)"
+        r" is its wait for a connection \(mean \d+\.\d+ m?s\) plus its time on one \(median"
+        r" \d+\.\d+ m?s, row 'on the connection'\)\. A new connection per request waits for no"
+        r" other greenlet, but pays a connect every time \(\d+\.\d+ m?s median for connect and"
+        r" PING\)",
+        text,
+    ), small_run.out
+
+
+def test_the_on_connection_times_are_measured_per_request() -> None:
+    with PingServer() as server:
+        opts = DemoOptions(greenlets=5, requests=50, compare_requests=20, drop=False)
+        deadline = time.monotonic() + 30
+        out = io.StringIO()
+        pooled = demo.pooled_phase(opts, server.address, server, deadline, out)
+        other = demo.per_connection_phase(opts, server.address, deadline, out)
+    assert len(pooled.on_connection) == pooled.ok == 50
+    assert len(other.on_connection) == other.ok == 20
+    # time on the connection is part of each request's latency, never more
+    assert pooled.percentile(0.5, pooled.on_connection) <= pooled.percentile(1.0)
+    assert other.percentile(0.5, other.on_connection) <= other.percentile(1.0)
+
+
+def test_the_readme_says_how_many_requests_the_comparison_makes() -> None:
+    readme = " ".join((ROOT / "README.rst").read_text().split())
+    assert f"do {DemoOptions().compare_requests:,} requests (``--compare-requests``" in readme
+    assert "Then the same workload" not in readme

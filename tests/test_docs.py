@@ -20,11 +20,13 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from gevent import socket
 
 from . import servers
 from .servers import CI
@@ -251,3 +253,142 @@ def test_readme_states_no_chaos_figure_outside_its_summary() -> None:
     outside = readme[: readme.index(README_START)] + readme[readme.index(README_END) :]
     assert f"{data['soak']['checkouts']:,}" not in outside
     assert not re.search(r"\d+ random faults|about (ten|\d+) minutes", outside)
+
+
+# ---------------------------------------------------------------- install commands
+
+# `pip install` of a requirement named geventconnpool, in any quoting, with any options before it.
+_PIP = re.compile(
+    r"pip install\s+(?:-\S+\s+)*(?P<q>[\"']?)(?P<req>geventconnpool\b(?:\[[^\]]*\])?"
+    r"(?:\s*@\s*[^\s\"'`]+)?)(?P=q)"
+)
+
+
+def install_texts() -> dict[str, str]:
+    """Every file a user reads a command in: README, docs/, the package's messages and
+    docstrings (the API reference shows them), the examples; whitespace (line breaks inside an
+    inline literal) collapsed."""
+    files = [*pages()]
+    for top in ("geventconnpool", "examples", "scripts"):
+        files += sorted((ROOT / top).rglob("*.py"))
+    return {str(f.relative_to(ROOT)): re.sub(r"\s+", " ", f.read_text()) for f in files}
+
+
+def bad_install_commands(text: str, source_url: str, extras: set[str]) -> list[str]:
+    """The `pip install geventconnpool...` commands in ``text`` that would not install this
+    version: no direct reference to the repository (the index has 0.2.1), or an extra it lacks."""
+    from packaging.requirements import Requirement
+
+    bad = []
+    for match in _PIP.finditer(text):
+        req = Requirement(match["req"])
+        if req.url != f"git+{source_url}" or not req.extras <= extras:
+            bad.append(match[0])
+    return bad
+
+
+def project_install_facts() -> tuple[str, set[str]]:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return project["urls"]["Source"], set(project["optional-dependencies"])
+
+
+def test_every_install_command_installs_this_version() -> None:
+    source, extras = project_install_facts()
+    found = {
+        name: bad_install_commands(text, source, extras) for name, text in install_texts().items()
+    }
+    bad = {name: commands for name, commands in found.items() if commands}
+    assert not bad, (
+        "these install the package index's geventconnpool (0.2.1), or an extra it has not: "
+        f'write pip install "geventconnpool[<extra>] @ git+{source}": {bad}'
+    )
+    commands = sum(len(_PIP.findall(text)) for text in install_texts().values())
+    assert commands >= 8  # README's sections, the guides, the extras' ImportError
+
+
+def test_the_install_check_catches_what_would_hit_the_index() -> None:
+    source, extras = project_install_facts()
+    git = f"git+{source}"
+    assert bad_install_commands(
+        "pip install geventconnpool; ``pip install geventconnpool[prometheus]``; "
+        "pip install 'geventconnpool[redis]'; pip install -U \"geventconnpool[postgres]\"; "
+        f'pip install "geventconnpool[nope] @ {git}"; pip install "geventconnpool @ git+https://x"',
+        source,
+        extras,
+    ) == [
+        "pip install geventconnpool",
+        "pip install geventconnpool[prometheus]",
+        "pip install 'geventconnpool[redis]'",
+        'pip install -U "geventconnpool[postgres]"',
+        f'pip install "geventconnpool[nope] @ {git}"',
+        'pip install "geventconnpool @ git+https://x"',
+    ]
+    ok = f"pip install \"geventconnpool[redis] @ {git}\"; pip install -e '.[redis]'"
+    assert bad_install_commands(ok, source, extras) == []
+
+
+def test_the_readme_says_once_why_it_installs_from_the_repository() -> None:
+    readme = (ROOT / "README.rst").read_text()
+    section = readme[readme.index("\nInstalling\n") : readme.index("\nCredits and licence\n")]
+    assert "still the original 0.2.1" in section and "package index" in section
+    assert readme.count("still the original 0.2.1") == 1
+
+
+# ---------------------------------------------------------------- monkey-patching under --preload
+
+PRELOAD_APP = """
+{patch}from ssl import SSLContext  # a direct reference, as urllib3 and requests hold
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+"""
+PATCH = "from gevent import monkey\nmonkey.patch_all()\n"
+# The sync point: gunicorn calls post_worker_init in each worker after the gevent worker patched.
+READY_HOOK = """
+def post_worker_init(worker):
+    worker.log.info("worker ready")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("where", "preload", "warnings"),
+    [
+        ("nowhere", True, 2),  # what the page warns about: one MonkeyPatchWarning per worker
+        ("nowhere", False, 0),  # without --preload each worker patches before importing
+        ("app", True, 0),  # the page's first fix: the app module's first lines
+        ("config", True, 0),  # the page's second fix: a gunicorn config file
+    ],
+)
+def test_monkey_patching_under_gunicorn_preload_is_as_the_page_says(
+    tmp_path: Path, where: str, preload: bool, warnings: int
+) -> None:
+    from geventconnpool.testing import free_port
+
+    page = (ROOT / "docs" / "usage" / "monkey-patching.rst").read_text()
+    assert "      " + PATCH.strip().replace("\n", "\n      ") in page  # the lines to write
+    (tmp_path / "app.py").write_text(PRELOAD_APP.format(patch=PATCH if where == "app" else ""))
+    (tmp_path / "gunicorn_conf.py").write_text((PATCH if where == "config" else "") + READY_HOOK)
+    port = free_port()
+    argv = [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "2", "-b", f"127.0.0.1:{port}"]
+    argv += ["--preload"] if preload else []
+    argv += ["-c", "gunicorn_conf.py"]
+    log = tmp_path / "gunicorn.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([*argv, "app:app"], cwd=tmp_path, stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 30
+        while log.read_text().count("worker ready") < 2:
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:  # served
+            sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            assert sock.recv(64).startswith(b"HTTP/1.")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert log.read_text().count("MonkeyPatchWarning: Monkey-patching ssl after ssl") == warnings

@@ -361,3 +361,90 @@ def test_with_pool_keeps_the_subclass_type_for_type_checkers() -> None:
         ["--strict", "--config-file=", "--cache-dir=/dev/null", "-c", SUBCLASS_IN_WITH]
     )
     assert status == 0, out + err
+
+
+# ------------------------------------------------------------------ examples/integrations
+
+INTEGRATIONS = EXAMPLES / "integrations"
+# What each integration example needs from outside the core: (module, the fix it must name).
+EXTRAS_NEEDED: dict[str, list[tuple[str, str]]] = {
+    "redispy_pool.py": [("redis", "pip install -e '.[redis]'")],
+    "postgres_pool.py": [
+        ("psycopg2", "pip install -e '.[postgres]'"),
+        ("psycogreen", "pip install -e '.[postgres]'"),
+    ],
+    "thrift_pool.py": [("thriftpy2", "pip install -e '.[thrift]'")],
+    "tls_pool.py": [("trustme", "pip install trustme")],
+    "https_keepalive.py": [("trustme", "pip install trustme")],
+}
+SERVER_NEEDED = {"redis_pool.py": "Redis server", "redispy_pool.py": "Redis server",
+                 "postgres_pool.py": "PostgreSQL server"}  # fmt: skip
+
+BLOCK_MODULE = """
+import importlib.abc, runpy, sys
+
+BLOCKED = sys.argv[1]
+
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == BLOCKED:
+            raise ModuleNotFoundError(f"No module named {BLOCKED!r}", name=BLOCKED)
+        return None
+
+sys.meta_path.insert(0, Blocker())
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def integration_names() -> list[str]:
+    return sorted(p.name for p in INTEGRATIONS.glob("*.py") if not p.name.startswith("_"))
+
+
+@pytest.mark.parametrize("name", integration_names())
+def test_integration_example_says_what_it_needs(name: str) -> None:
+    doc = (INTEGRATIONS / name).read_text().split('"""')[1]
+    assert "Needs:" in doc, f"{name}: its docstring does not say what it needs"
+    if name in SERVER_NEEDED:
+        assert "make servers-up" in doc, f"{name}: say how to start its server"
+
+
+def test_every_integration_example_is_listed() -> None:
+    assert set(integration_names()) == set(EXTRAS_NEEDED) | set(SERVER_NEEDED)
+
+
+@pytest.mark.parametrize(
+    ("name", "module", "fix"),
+    [(name, module, fix) for name, needs in EXTRAS_NEEDED.items() for module, fix in needs],
+)
+def test_integration_example_without_its_extra_prints_the_one_line_fix(
+    name: str, module: str, fix: str
+) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", BLOCK_MODULE, module, str(INTEGRATIONS / name)],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+    err = proc.stderr.decode()
+    assert proc.returncode != 0 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"error: this example needs {module}") and fix in err, err
+
+
+@pytest.mark.parametrize("name", sorted(SERVER_NEEDED))
+def test_integration_example_without_its_server_names_the_command(name: str) -> None:
+    port = free_port()
+    proc = subprocess.run(
+        [sys.executable, str(INTEGRATIONS / name), "--port", str(port)],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+    err = proc.stderr.decode()
+    assert proc.returncode != 0 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"error: no {SERVER_NEEDED[name]} at 127.0.0.1:{port}"), err
+    assert "start one: make servers-up" in err, err

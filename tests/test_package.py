@@ -113,7 +113,7 @@ def test_a_contrib_module_without_its_extra_names_the_extra(module: str) -> None
     dependency, extra = EXTRAS[module]
     out = import_blocking(module, dependency)
     assert out.startswith(f"ImportError name={dependency} "), out
-    assert f"pip install 'geventconnpool[{extra}]'" in out, out
+    assert f'pip install "geventconnpool[{extra}] @ git+https://github.com/' in out, out
     assert module in out, out
 
 

@@ -3,7 +3,8 @@
 The use case of geventconnpool 0.2.1's README: a gevent web app calling an HTTPS API. Without
 a pool every call opens a connection and does a full TLS handshake; with one, calls reuse open
 connections. Self-contained: a local HTTPS server (gevent's pywsgi, certificate from
-``trustme``) counts the handshakes. Run it from the repository root::
+``trustme``) counts the handshakes. Needs: ``trustme`` (``pip install trustme``, or the ``test``
+extra); no server. Run it from the repository root::
 
     python examples/integrations/https_keepalive.py
 """
@@ -17,11 +18,18 @@ monkey.patch_all()  # http.client and ssl become cooperative, as in a gevent web
 import http.client  # noqa: E402
 import socket  # noqa: E402
 import ssl  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import gevent  # noqa: E402
 import gevent.pywsgi  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # examples/_needs.py
+import _needs  # noqa: E402
+
+_needs.package("trustme", "pip install trustme  (or: pip install -e '.[test]')")
 import trustme  # noqa: E402
 
 from geventconnpool import ConnectionPool, retry  # noqa: E402

@@ -1,9 +1,12 @@
 """DbApiPool: DB-API connections to PostgreSQL shared by many greenlets.
 
 psycopg2 is made cooperative by psycogreen; pg8000 (pure Python) by gevent's monkey-patching.
-Needs a PostgreSQL server and the ``postgres`` extra (psycopg2, psycogreen; pg8000 for
-``--driver pg8000``). Run it from the repository root::
+Needs: a PostgreSQL server (``make servers-up`` starts one on 127.0.0.1:5432, user ``postgres``,
+no password) and the ``postgres`` extra (psycopg2, psycogreen: ``pip install -e '.[postgres]'``;
+pg8000 for ``--driver pg8000``: ``pip install pg8000``). Run it from the repository root::
 
+    make servers-up                                     # once; make servers-down
+    python examples/integrations/postgres_pool.py
     python examples/integrations/postgres_pool.py --dsn "host=127.0.0.1 user=postgres"
     python examples/integrations/postgres_pool.py --driver pg8000 --host 127.0.0.1 --port 5432
 """
@@ -11,14 +14,20 @@ Needs a PostgreSQL server and the ``postgres`` extra (psycopg2, psycogreen; pg80
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # examples/_needs.py
+import _needs
 
 
 def driver(args: argparse.Namespace) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
     """The driver's connect function and its arguments, made cooperative first."""
     if args.driver == "pg8000":
+        _needs.package("pg8000", "pip install pg8000")
         from gevent import monkey
 
         monkey.patch_all()  # before pg8000 is imported: its sockets become gevent's
@@ -26,6 +35,8 @@ def driver(args: argparse.Namespace) -> tuple[Callable[..., Any], tuple[Any, ...
 
         kwargs = {"host": args.host, "port": args.port, "user": args.user, "database": args.db}
         return pg8000.dbapi.connect, (), kwargs
+    for module in ("psycopg2", "psycogreen"):
+        _needs.package(module, "pip install -e '.[postgres]'  (the postgres extra)")
     import psycogreen.gevent
     import psycopg2
 
@@ -44,7 +55,9 @@ def query(conn: Any, sql: str) -> list[Any]:
 
 
 def main(args: argparse.Namespace) -> None:
-    connect, cargs, ckwargs = driver(args)
+    connect, cargs, ckwargs = driver(args)  # first: a missing driver is the first thing to fix
+    if args.dsn is None:
+        _needs.server((args.host, args.port), "PostgreSQL server")
     import gevent
 
     from geventconnpool.contrib.dbapi import DbApiPool

@@ -1,7 +1,9 @@
 """RedisPool: a pool of raw RESP connections to Redis, no client library needed.
 
-Needs a Redis server. Run it from the repository root::
+Needs: a Redis server (``make servers-up`` starts one on 127.0.0.1:6379); no extra. Run it from
+the repository root::
 
+    make servers-up                                               # once; make servers-down
     python examples/integrations/redis_pool.py                    # 127.0.0.1:6379
     python examples/integrations/redis_pool.py --port 6380
     python examples/integrations/redis_pool.py --unix /run/redis/redis.sock
@@ -10,15 +12,22 @@ Needs a Redis server. Run it from the repository root::
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 from typing import Any
 
 import gevent
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # examples/_needs.py
+import _needs
 
 from geventconnpool import retry
 from geventconnpool.contrib.redis import RedisPool, ResponseError
 
 
 def main(args: argparse.Namespace) -> None:
+    if not args.unix:
+        _needs.server((args.host, args.port), "Redis server")
     where: dict[str, Any] = (
         {"unix_socket_path": args.unix} if args.unix else {"host": args.host, "port": args.port}
     )

@@ -1,8 +1,9 @@
 """redis-py's client on geventconnpool: RedisPyConnectionPool behind redis.Redis.
 
-Needs a Redis server and redis-py (``pip install 'geventconnpool[redis]'``). Run it from the
-repository root::
+Needs: a Redis server (``make servers-up`` starts one on 127.0.0.1:6379) and redis-py (the
+``redis`` extra: ``pip install -e '.[redis]'``). Run it from the repository root::
 
+    make servers-up                                              # once; make servers-down
     python examples/integrations/redispy_pool.py                 # 127.0.0.1:6379
     python examples/integrations/redispy_pool.py --port 6380
 """
@@ -12,8 +13,15 @@ from gevent import monkey
 monkey.patch_all()  # redis-py's sockets become cooperative, as in any gevent app
 
 import argparse  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import gevent  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # examples/_needs.py
+import _needs  # noqa: E402
+
+_needs.package("redis", "pip install -e '.[redis]'  (the redis extra: redis-py)")
 import redis  # noqa: E402
 
 from geventconnpool import retry  # noqa: E402
@@ -21,6 +29,7 @@ from geventconnpool.contrib.redispy import RedisPyConnectionPool  # noqa: E402
 
 
 def main(args: argparse.Namespace) -> None:
+    _needs.server((args.host, args.port), "Redis server")
     # Pool options are keyword arguments; redis-py's connection arguments go in connection_kwargs.
     pool = RedisPyConnectionPool(
         args.host,

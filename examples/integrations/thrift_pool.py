@@ -1,7 +1,8 @@
 """ThriftPool: a pool of thriftpy2 clients, and a proxy that borrows one per call.
 
 Self-contained: serves a small service (IDL below) from gevent greenlets on 127.0.0.1, the way
-a service's client would talk to it. Run it from the repository root::
+a service's client would talk to it. Needs: the ``thrift`` extra (thriftpy2); no server. Run it
+from the repository root::
 
     pip install -e '.[thrift]'
     python examples/integrations/thrift_pool.py
@@ -10,17 +11,24 @@ a service's client would talk to it. Run it from the repository root::
 from __future__ import annotations
 
 import io
+import sys
+from pathlib import Path
 from typing import Any
 
 import gevent
 import gevent.event
 import gevent.server
-import thriftpy2
-from thriftpy2.protocol import TBinaryProtocol
-from thriftpy2.thrift import TProcessor
-from thriftpy2.transport import TBufferedTransport, TSocket, TTransportException
 
-from geventconnpool.contrib.thrift import ThriftPool
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # examples/_needs.py
+import _needs
+
+_needs.package("thriftpy2", "pip install -e '.[thrift]'  (the thrift extra)")
+import thriftpy2  # noqa: E402
+from thriftpy2.protocol import TBinaryProtocol  # noqa: E402
+from thriftpy2.thrift import TProcessor  # noqa: E402
+from thriftpy2.transport import TBufferedTransport, TSocket, TTransportException  # noqa: E402
+
+from geventconnpool.contrib.thrift import ThriftPool  # noqa: E402
 
 IDL = """
 exception NotFound { 1: string key }

@@ -1,7 +1,8 @@
 """SslPool: verified TLS connections, reused; a reconnect resumes the TLS session.
 
 Self-contained: makes a throwaway CA and certificate with ``trustme`` and serves a line
-protocol (``PING`` -> ``PONG``) over TLS on 127.0.0.1. Run it from the repository root::
+protocol (``PING`` -> ``PONG``) over TLS on 127.0.0.1. Needs: ``trustme`` (in the ``test``
+extra); no server. Run it from the repository root::
 
     pip install -e '.[test]'   # trustme
     python examples/integrations/tls_pool.py
@@ -10,15 +11,22 @@ protocol (``PING`` -> ``PONG``) over TLS on 127.0.0.1. Run it from the repositor
 from __future__ import annotations
 
 import ssl
+import sys
+from pathlib import Path
 from typing import Any
 
 import gevent
 import gevent.server
 import gevent.ssl
-import trustme
 
-from geventconnpool import PoolUnavailable
-from geventconnpool.contrib.tcp import SslPool
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # examples/_needs.py
+import _needs
+
+_needs.package("trustme", "pip install trustme  (or: pip install -e '.[test]')")
+import trustme  # noqa: E402
+
+from geventconnpool import PoolUnavailable  # noqa: E402
+from geventconnpool.contrib.tcp import SslPool  # noqa: E402
 
 HOST = "127.0.0.1"
 

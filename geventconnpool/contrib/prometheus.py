@@ -1,6 +1,10 @@
 """Prometheus export of ``pool.stats()``, with OpenTelemetry's database-client metric names.
 
-Install the extra (``pip install geventconnpool[prometheus]``) and register each pool::
+Install the extra::
+
+    pip install "geventconnpool[prometheus] @ git+https://github.com/geventconnpool/geventconnpool"
+
+and register each pool::
 
     from geventconnpool.contrib.prometheus import register
 

@@ -41,7 +41,7 @@ import gevent.lock
 from gevent.hub import get_hub
 from gevent.socket import wait_read, wait_write
 
-from ._extras import missing_extra
+from ._extras import install_command, missing_extra
 
 try:
     import sqlalchemy
@@ -50,7 +50,7 @@ except ImportError as exc:  # pragma: no cover - the extra is not installed
 if int(sqlalchemy.__version__.split(".")[0]) < 2:  # pragma: no cover - tested with 2.x only
     raise ImportError(
         f"{__name__} needs SQLAlchemy 2.0 or later, found {sqlalchemy.__version__}; "
-        "upgrade it with: pip install 'geventconnpool[sqlalchemy]'",
+        f"upgrade it with: {install_command('sqlalchemy')}",
         name="sqlalchemy",
     )
 import sqlalchemy.exc as sa_exc

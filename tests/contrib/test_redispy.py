@@ -271,7 +271,7 @@ def test_import_error_names_the_extra() -> None:
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
     ).stdout
-    assert "pip install 'geventconnpool[redis]'" in out
+    assert 'pip install "geventconnpool[redis] @ git+https://github.com/' in out
 
 
 def test_server_restart_under_200_greenlets_monkey_patched() -> None:
