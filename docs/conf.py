@@ -50,6 +50,12 @@ METHOD_DEFAULTS = {
     "key": "ALL_KEYS",  # PoolMap.stats(): every key's pool combined
     "endpoint": "ALL_ENDPOINTS",  # BalancedPool.stats(): every endpoint combined
 }
+#: A constructor's sentinel default that is neither an option nor a class attribute: what applies.
+PARAM_DEFAULTS = {
+    "GeventPool.pool_size": "5",  # contrib.sqlalchemy: QueuePool's defaults
+    "GeventPool.max_overflow": "10",
+    "GeventPool.use_lifo": "True",  # ours, where QueuePool's is False: the warmest connection
+}
 _SENTINEL = re.compile(r"(\w+)=<object object( at 0x[0-9a-f]+)?>")
 _log = logging.getLogger("sphinx.geventconnpool")
 
@@ -82,6 +88,8 @@ def default_text(what: str, obj: Any, param: str) -> str | None:
     from geventconnpool._options import BY_NAME
 
     owner = _owner(what, obj)
+    if owner is not None and f"{owner.__qualname__}.{param}" in PARAM_DEFAULTS:
+        return PARAM_DEFAULTS[f"{owner.__qualname__}.{param}"]
     if what == "class" and owner is not None:
         value = getattr(owner, param, BY_NAME[param].default if param in BY_NAME else obj)
         return None if value is obj or _is_sentinel(value) else _repr(value)

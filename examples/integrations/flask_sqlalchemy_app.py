@@ -17,7 +17,7 @@ server saw, stop)::
     python examples/integrations/flask_sqlalchemy_app.py --port 5432
 
 Needs: flask, flask-sqlalchemy, sqlalchemy, psycopg2, gunicorn
-(``pip install 'geventconnpool[sqlalchemy,postgres]' flask flask-sqlalchemy gunicorn``) and a
+(``pip install "geventconnpool[sqlalchemy,postgres] @ git+https://github.com/geventconnpool/geventconnpool" flask flask-sqlalchemy gunicorn``) and a
 PostgreSQL server. Environment of the app: ``DATABASE_URL``, ``POOL_SIZE`` (per worker,
 default 4).
 """
