@@ -160,6 +160,7 @@ class PoolState(Generic[C]):
         self.connecting: dict[Attempt, None] = {}  # connects in flight (slots reserved)
         self.waiters: deque[Waiter[C]] = deque()  # oldest first; gone ones skipped lazily
         self.waiting = 0  # waiters still in line (not gone)
+        self.left = 0  # waiters that left the line but are still in the deque (compacted)
         self.generation = 0  # bumped by invalidate() and fork: older connections are not reused
         self.pid = pid  # the process the connections belong to
         self.closed = False
@@ -197,6 +198,7 @@ class PoolState(Generic[C]):
             if not w.gone:
                 return w
             waiters.popleft()
+            self.left -= 1
         return None
 
     def ready(self) -> bool:
@@ -375,7 +377,22 @@ class PoolState(Generic[C]):
         if not w.gone:
             w.gone = True
             self.waiting -= 1
+            self.left += 1
+            if self.left > self.waiting:
+                self._compact()
         return None
+
+    def _compact(self) -> None:
+        """Drop the waiters that left from the deque: more of them than waiters in line.
+
+        Each compaction costs at most twice the number of leaves since the last one (O(1)
+        amortised), and the deque never holds more dead records than live ones, so memory stays
+        flat however many get()s time out or are killed while the pool is exhausted.
+        """
+        kept = [w for w in self.waiters if not w.gone]
+        self.waiters.clear()
+        self.waiters.extend(kept)
+        self.left = 0
 
     def hand_out(self, rec: Conn[C], now: float, start: float) -> None:
         """``rec`` (held, vetted) now belongs to a caller that asked at ``start``."""
@@ -661,6 +678,7 @@ class PoolState(Generic[C]):
             if why == "down":
                 self.counters.unavailable += 1
             plan.add("wake", w)
+        self.left = 0
 
     # ------------------------------------------------------------------ background work
     def due(self, now: float) -> tuple[Plan[C], float]:
@@ -850,7 +868,7 @@ class PoolState(Generic[C]):
         self.pinging.clear()
         self.connecting.clear()
         self.waiters.clear()
-        self.waiting = 0
+        self.waiting = self.left = 0
         self.handoff_pending = False
         self.failures = self.rejected = self.replace_now = 0
         self.down = False
