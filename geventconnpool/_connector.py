@@ -14,6 +14,7 @@ import traceback
 from typing import Any, Protocol, TypeVar
 
 import gevent
+from greenlet import GreenletExit
 
 from ._log import RateLimitedLog
 from ._maintenance import Scheduler
@@ -54,9 +55,17 @@ def start_timer(seconds: float | None) -> gevent.Timeout:
 
 
 def connect(pool: Owner[Any], attempt: Attempt) -> None:
-    """One connect attempt: ``_new_connection()`` then ``_on_connect()``, under connect_timeout."""
+    """One connect attempt: ``_new_connection()`` then ``_on_connect()``, under connect_timeout.
+
+    Only a kill (``GreenletExit``: close(), a fork, a killed connector) ends the attempt without
+    a verdict; anything else a hook raises, BaseExceptions included (a hook's own
+    ``gevent.Timeout``, a custom BaseException), is a failed connect: backoff, ``fail_fast``,
+    ``connect_failures`` and the PoolTimeout's cause. KeyboardInterrupt and SystemExit are booked
+    as a failure, then re-raised: they are meant for the process.
+    """
     conn: Any = None
     error: BaseException | None = None
+    escalate: BaseException | None = None
     timer = start_timer(pool.connect_timeout)
     try:
         conn = pool._new_connection()
@@ -66,16 +75,18 @@ def connect(pool: Owner[Any], attempt: Attempt) -> None:
             abandoned(pool, attempt, conn)
             return
         pool._on_connect(conn)
-    except gevent.Timeout as t:
-        if t is not timer:
-            abandoned(pool, attempt, conn)
-            raise
-        error = TimeoutError(f"connect timed out after {pool.connect_timeout}s")
-    except Exception as e:
-        error = without_frames(e)
-    except BaseException:  # killed by close() or a fork: the attempt just ends
+    except GreenletExit:  # killed by close(), a fork or a kill: the attempt just ends
         abandoned(pool, attempt, conn)
         raise
+    except gevent.Timeout as t:
+        if t is timer:
+            error = TimeoutError(f"connect timed out after {pool.connect_timeout}s")
+        else:  # the hook's own timeout escaped: its connect failed
+            error = without_frames(t)
+    except (KeyboardInterrupt, SystemExit) as e:
+        error = escalate = e
+    except BaseException as e:  # Exception, or a hook's own BaseException: a failed connect
+        error = without_frames(e)
     finally:
         timer.close()
     if conn is not None and attempt.pid != os.getpid():  # forked during _on_connect
@@ -85,25 +96,30 @@ def connect(pool: Owner[Any], attempt: Attempt) -> None:
         pool._close_quietly(conn)  # _on_connect failed on an open connection
         conn = None
     finished(pool, attempt, conn, error)
+    if escalate is not None:
+        raise escalate
 
 
 def ping(pool: Owner[Any], rec: Conn[Any]) -> None:
-    """Run ``_keepalive`` on one connection, bounded by ``connect_timeout``."""
+    """Run ``_keepalive`` on one connection, bounded by ``connect_timeout``.
+
+    A kill, KeyboardInterrupt or SystemExit interrupts the ping (the connection is discarded and
+    the exception goes on); anything else the hook raises, BaseExceptions included, is a broken
+    connection, replaced and logged.
+    """
     reason: str | None = None
     error: BaseException | None = None
     timer = start_timer(pool.connect_timeout)
     try:
         pool._keepalive(rec.conn)
-    except gevent.Timeout as t:
-        if t is not timer:
-            pinged(pool, rec, "interrupted", None)
-            raise
-        reason, error = "keepalive", TimeoutError(f"keepalive timed out after {t.seconds}s")
-    except Exception as e:
-        reason, error = "keepalive", without_frames(e)
-    except BaseException:
+    except (GreenletExit, KeyboardInterrupt, SystemExit):
         pinged(pool, rec, "interrupted", None)
         raise
+    except gevent.Timeout as t:  # ours, or the hook's own that escaped
+        late = TimeoutError(f"keepalive timed out after {t.seconds}s") if t is timer else t
+        reason, error = "keepalive", without_frames(late)
+    except BaseException as e:
+        reason, error = "keepalive", without_frames(e)
     finally:
         timer.close()
     pinged(pool, rec, reason, error)

@@ -22,7 +22,7 @@ from gevent.hub import get_hub
 from greenlet import getcurrent
 
 from . import _connector, _fork
-from ._hooks import Hooks
+from ._hooks import Hooks, is_interrupt
 from ._log import RateLimitedLog, log_event, pool_logger, warn_collected, warn_held
 from ._maintenance import Scheduler
 from ._messages import (
@@ -530,18 +530,30 @@ class ConnectionPool(PoolOptions, Hooks[C]):
             self._forget_connection(conn)
         except Exception:
             self._log.debug("forgetting an inherited connection failed", exc_info=True)
+        except BaseException as e:
+            if is_interrupt(e):
+                raise
+            self._log.exception("pool %r: _forget_connection raised %r", self.name, e)
 
     def _close_quietly(self, conn: C) -> None:
         try:
             self._close_connection(conn)
         except Exception:
             self._log.debug("closing a connection failed", exc_info=True)
+        except BaseException as e:  # a hook's own BaseException: logged once, the closing goes on
+            if is_interrupt(e):
+                raise
+            self._log.exception("pool %r: _close_connection raised %r", self.name, e)
 
     def _call_on_discard(self, conn: C, reason: str) -> None:
         try:
             self._on_discard(conn, reason)
         except Exception:
             self._log.exception("_on_discard(%r) raised", reason)
+        except BaseException as e:
+            if is_interrupt(e):
+                raise
+            self._log.exception("pool %r: _on_discard(%r) raised %r", self.name, reason, e)
 
     def _on_event(self, event: str) -> None:
         state = self._state
