@@ -7,7 +7,8 @@ import time
 import traceback
 from typing import Any
 
-from ._records import greenlet_label
+from ._health import Health
+from ._records import PoolEvent, greenlet_label
 
 LOGGER = logging.getLogger("geventconnpool")
 
@@ -76,26 +77,25 @@ class RateLimitedLog:
 
 
 def log_event(
-    log: logging.Logger,
-    limited: RateLimitedLog,
-    name: str,
-    event: str,
-    streak: int,
-    error: object,
-    next_in: float,
+    log: logging.Logger, limited: RateLimitedLog, name: str, event: PoolEvent, health: Health
 ) -> None:
-    """Log what the state reported: a failed connect, the backend down or back."""
-    if event == "failed":
+    """Log what the state reported: a failed connect, the backend down or back.
+
+    The streak and the delay are the ones the health object chose when it booked the failure:
+    never "0 in a row", never a negative delay.
+    """
+    streak, error = health.streak, health.last_error
+    if event is PoolEvent.FAILED:
         limited.log(
             logging.WARNING, "connect",
             "pool %r: connect failed (%d in a row; next attempt in %.2fs): %r",
-            name, streak, next_in, error,
+            name, streak, health.delay, error,
         )  # fmt: skip
-    elif event == "down":
+    elif event is PoolEvent.DOWN:
         log.warning(
             "pool %r: backend considered down after %d failed connects: %r", name, streak, error
         )
-    elif event == "up":
+    elif event is PoolEvent.UP:
         log.info("pool %r: backend is back, a connect succeeded", name)
         limited.reset("connect")
 

@@ -23,14 +23,14 @@ def closed_message(name: str) -> str:
 
 def cause(state: PoolState[Any]) -> BaseException | None:
     """The last connect error while connects are failing (a PoolTimeout's cause), else None."""
-    return state.last_error if (state.failures or state.rejected) else None
+    return state.health.cause()
 
 
 def timeout_error(name: str, state: PoolState[Any], timeout: float | None) -> PoolTimeout:
     """No connection within ``timeout``; counted in ``stats().timeouts``."""
     state.counters.timeouts += 1
     hint = "raise max_size, hold connections for less time, or pass a larger timeout"
-    failures = max(state.failures, state.rejected)
+    failures = state.health.streak
     if failures:
         hint = f"connects are failing ({failures} in a row): is the backend up?"
     return PoolTimeout(
@@ -48,10 +48,10 @@ def refusal_error(
         return PoolClosed(closed_message(name))
     if why == "down":
         err: PoolError = PoolUnavailable(
-            f"pool {name!r}: backend unavailable after {max(state.failures, state.rejected)} "
+            f"pool {name!r}: backend unavailable after {state.health.streak} "
             f"failed connects ({state_text(state)}); the pool keeps retrying in the background"
         )
-        err.__cause__ = state.last_error
+        err.__cause__ = state.health.last_error
         return err
     return PoolExhausted(
         f"pool {name!r}: {state.waiting} greenlets already wait (max_waiting={max_waiting}); "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import traceback
+from enum import Enum
 from typing import Any, Generic, TypeVar
 
 from gevent.hub import Waiter as HubWaiter
@@ -19,6 +20,16 @@ from .stats import ConnectionInfo
 C = TypeVar("C")
 _conn_ids = itertools.count(1)
 INF = float("inf")
+
+
+class PoolEvent(Enum):
+    """What the state reports to the pool, which acts on it (wakes, logs)."""
+
+    READY = "ready"  # min_size connections are open: wake wait_ready() callers
+    DRAINED = "drained"  # closed, and nothing is held any more: wake close(timeout)
+    FAILED = "failed"  # a connect failed (the health object has the streak and the backoff)
+    DOWN = "down"  # the backend is considered down
+    UP = "up"  # the backend is back
 
 
 class Conn(Generic[C]):

@@ -25,23 +25,17 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any, Generic, TypeVar
 
-from ._backoff import delay as backoff_delay
-from ._records import INF, Attempt, Conn, Waiter, describe, greenlet_label
+from ._health import REJECTED_MESSAGE, WAITER_RETRY, Health
+from ._records import INF, Attempt, Conn, PoolEvent, Waiter, describe, greenlet_label
 from .stats import ConnectionInfo, Counters, Discarded, PoolDump, PoolStats, WaiterInfo
 
 C = TypeVar("C")
 
-#: While callers wait, a failing backend is retried at least this often (seconds), whatever the
-#: backoff says: the pool is usable again within about this long of the backend coming back.
-WAITER_RETRY = 0.2
 #: A connection refused by the checkout check or ``_on_acquire`` at its first hand-out, this
 #: soon after it opened, counts as a failed connect (backoff, fail_fast): a proxy that accepts
 #: while the database behind it is down must not make the pool reconnect in a busy loop.
 NEW_CONNECTION_WINDOW = 5.0
-REJECTED_MESSAGE = (
-    "new connections open but fail the checkout check (_check) or _on_acquire at once: "
-    "is the server behind a proxy down?"
-)
+__all__ = ["REJECTED_MESSAGE", "WAITER_RETRY", "Plan", "Policy", "PoolState"]
 
 
 class Policy:
@@ -117,7 +111,7 @@ class Plan(Generic[C]):
         self.ping: list[Conn[C]] = _NONE  # run _keepalive on each
         self.close: list[tuple[Conn[C], str]] = _NONE  # close, then _on_discard
         self.leaked: list[Conn[C]] = _NONE  # held past leak_timeout: warn
-        self.events: list[str] = _NONE  # "down", "up", "failed", "ready", "drained", "reject:..."
+        self.events: list[PoolEvent] = _NONE
         self.handoff = False  # schedule one deferred hand-off of idle connections to waiters
 
     def add(self, name: str, item: Any) -> None:
@@ -165,12 +159,7 @@ class PoolState(Generic[C]):
         self.pid = pid  # the process the connections belong to
         self.closed = False
         self.opened = False  # open() ran: the pool may connect
-        self.down = False  # the backend is considered down (fail_fast_after failures)
-        self.failures = 0  # consecutive failed connect rounds
-        self.rejected = 0  # consecutive new connections that failed their first check
-        self.failed_at = -INF  # when the last counted failure was booked
-        self.last_error: BaseException | None = None
-        self.next_attempt_at = 0.0  # backoff: no connect for waiters-or-fill before this
+        self.health = Health()  # failure streaks, backoff, down/up
         self.next_fill_at = 0.0  # stagger: the next min_size fill connect starts no earlier
         self.replace_now = 0  # discarded connections whose replacement skips the stagger
         self.handoff_pending = False
@@ -217,7 +206,7 @@ class PoolState(Generic[C]):
             waiting=self.waiting,
             min_size=self.min,
             max_size=self.max,
-            available=not self.down,
+            available=not self.health.down,
             closed=self.closed,
             checking=len(self.pinging),
             acquired=c.acquired,
@@ -344,7 +333,7 @@ class PoolState(Generic[C]):
         """Why a get() that would have to wait must fail now: "closed", "down", "exhausted"."""
         if self.closed:
             return "closed"
-        if self.down and self.policy.fail_fast:
+        if self.health.down and self.policy.fail_fast:
             self.counters.unavailable += 1
             return "down"
         limit = self.policy.max_waiting
@@ -394,7 +383,7 @@ class PoolState(Generic[C]):
         self.waiters.extend(kept)
         self.left = 0
 
-    def hand_out(self, rec: Conn[C], now: float, start: float) -> None:
+    def hand_out(self, rec: Conn[C], now: float, start: float) -> Plan[C]:
         """``rec`` (held, vetted) now belongs to a caller that asked at ``start``."""
         rec.uses += 1
         rec.acquired_at = now
@@ -404,10 +393,11 @@ class PoolState(Generic[C]):
         c.wait_seconds += waited
         if waited > c.wait_max:
             c.wait_max = waited
-        if self.rejected:
-            self.rejected = 0
-            if self.down and not self.failures:
-                self.down = False
+        if self.health.served_new():
+            plan: Plan[C] = Plan()
+            plan.add("events", PoolEvent.UP)
+            return plan
+        return EMPTY_PLAN
 
     def checked(self, rec: Conn[C], now: float) -> None:
         """``rec`` passed its checkout check."""
@@ -489,7 +479,7 @@ class PoolState(Generic[C]):
             self.replace_now += 1
         self._update_fast()
         if self.closed and not self.held:
-            plan.add("events", "drained")
+            plan.add("events", PoolEvent.DRAINED)
         self._plan_into(plan, now)
         return plan
 
@@ -537,8 +527,7 @@ class PoolState(Generic[C]):
         if room <= 0:
             return
         wanted = self.waiting + extra - len(self.idle)  # idle ones are on their way to waiters
-        backing_off = now < self.next_attempt_at
-        if backing_off and (not wanted or now < self.failed_at + WAITER_RETRY):
+        if not self.health.may_try(now, wanted > 0):
             return  # while callers wait, a failing backend is still tried every WAITER_RETRY
         inflight = len(self.connecting)
         p = self.policy
@@ -585,10 +574,10 @@ class PoolState(Generic[C]):
             self._plan_into(plan, now)
             return reason, plan
         rec = self._new_record(conn, now)
-        self._healthy(plan)
+        self._healthy(plan, now)
         self._arrive(rec, plan)
         if self.ready():
-            plan.add("events", "ready")
+            plan.add("events", PoolEvent.READY)
         self._plan_into(plan, now)
         return "keep", plan
 
@@ -623,48 +612,29 @@ class PoolState(Generic[C]):
     def _connect_failed(
         self, error: BaseException, started_at: float, now: float, plan: Plan[C]
     ) -> None:
-        """Book a failed connect: backoff grows once per round of concurrent failures."""
-        if started_at >= self.failed_at:  # attempts of one round count once
-            self.failures += 1
-            self.failed_at = now
-        self.last_error = error
+        """Book a failed connect: the health decides the streak, the backoff and down."""
         self.counters.connect_failures += 1
-        self._backoff(now, plan)
+        p = self.policy
+        self._health_events(self.health.failed(error, started_at, now, p, bool(self.idle)), plan)
 
     def _new_one_rejected(self, now: float, plan: Plan[C]) -> None:
         """A new connection failed its first check or acquire hook: it counts as a failed connect
         (PgBouncer accepting while the database behind it is down): backoff, ``fail_fast``,
         ``connect_failures`` and the rate-limited "connect failed" WARNING, as for a connect
         that raised."""
-        self.rejected += 1
-        self.failed_at = now
-        self.last_error = ConnectionError(REJECTED_MESSAGE)
         self.counters.connect_failures += 1
-        self._backoff(now, plan)
+        self._health_events(self.health.rejected_new(now, self.policy, bool(self.idle)), plan)
 
-    def _backoff(self, now: float, plan: Plan[C] | None) -> None:
-        p = self.policy
-        streak = max(self.failures, self.rejected)
-        wait = backoff_delay(streak, p.reconnect_delay, p.reconnect_max_delay)
-        self.next_attempt_at = now + wait
-        if streak >= p.fail_fast_after and not self.down and not self.idle:
-            self.down = True
-            if plan is not None:
-                plan.add("events", "down")
-                if p.fail_fast:
-                    self._fail_waiters(plan, "down")
-        if plan is not None:
-            plan.add("events", "failed")
+    def _health_events(self, events: tuple[PoolEvent, ...], plan: Plan[C]) -> None:
+        for event in events:
+            plan.add("events", event)
+            if event is PoolEvent.DOWN and self.policy.fail_fast:
+                self._fail_waiters(plan, "down")
 
-    def _healthy(self, plan: Plan[C]) -> None:
+    def _healthy(self, plan: Plan[C], now: float) -> None:
         """A connect succeeded: reset the failure streak; the backend is back if it was down."""
-        self.failures = 0
-        if self.rejected:
-            return  # not back until a new connection also passes its first check
-        self.next_attempt_at = 0.0
-        if self.down:
-            self.down = False
-            plan.add("events", "up")
+        if self.health.succeeded(now):
+            plan.add("events", PoolEvent.UP)
 
     def _fail_waiters(self, plan: Plan[C], why: str) -> None:
         """Every waiter leaves the line with an error (set by the pool from ``why``)."""
@@ -787,9 +757,9 @@ class PoolState(Generic[C]):
             return INF
         inflight = len(self.connecting)
         if self.waiting > inflight and inflight < self.policy.max_connecting:
-            return min(self.next_attempt_at, self.failed_at + WAITER_RETRY)
+            return self.health.next_try(waiting=True)
         if self.open_count < self.min:
-            return max(self.next_attempt_at, self.next_fill_at)
+            return max(self.health.next_try(waiting=False), self.next_fill_at)
         return INF
 
     def _pull_idle(self, recs: list[Conn[C]]) -> None:
@@ -835,7 +805,7 @@ class PoolState(Generic[C]):
             self.closed = True
             self._update_fast()
             self._fail_waiters(plan, "closed")
-            plan.add("events", "ready")  # wait_ready() callers wake up (and see closed)
+            plan.add("events", PoolEvent.READY)  # wait_ready() callers wake up (and see closed)
         while self.idle:
             self.discard(self.idle.popleft(), "closed", now, plan)
         return plan
@@ -870,10 +840,9 @@ class PoolState(Generic[C]):
         self.waiters.clear()
         self.waiting = self.left = 0
         self.handoff_pending = False
-        self.failures = self.rejected = self.replace_now = 0
-        self.down = False
-        self.next_attempt_at = self.next_fill_at = 0.0
-        self.failed_at = -INF
+        self.replace_now = 0
+        self.next_fill_at = 0.0
+        self.health.reset()
         self._update_fast()
         return inherited
 

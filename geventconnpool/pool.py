@@ -35,7 +35,7 @@ from ._messages import (
     wrong_hub_error,
 )
 from ._options import BY_NAME, PoolOptions, assign, check_seconds, check_sizes, configure
-from ._records import Conn, Waiter
+from ._records import Conn, PoolEvent, Waiter
 from ._state import HANDOFF, SLOW, Plan, Policy, PoolState
 from .errors import (
     DEFAULT_EXC_CLASSES,
@@ -275,7 +275,7 @@ class ConnectionPool(PoolOptions, Hooks[C]):
         self._ready.append(event)
         try:
             if not event.wait(timeout):
-                raise not_ready_error(self.name, state, timeout) from state.last_error
+                raise not_ready_error(self.name, state, timeout) from state.health.last_error
         finally:
             if event in self._ready:
                 self._ready.remove(event)
@@ -402,7 +402,9 @@ class ConnectionPool(PoolOptions, Hooks[C]):
 
     def _hand_out(self, rec: Conn[C], start: float) -> Conn[C]:
         now = _monotonic()
-        self._state.hand_out(rec, now, start)
+        plan = self._state.hand_out(rec, now, start)
+        if plan:
+            self._apply(plan)
         rec.holder = getcurrent()
         if self.leak_timeout is not None:
             rec.leak_reported = False
@@ -555,19 +557,15 @@ class ConnectionPool(PoolOptions, Hooks[C]):
                 raise
             self._log.exception("pool %r: _on_discard(%r) raised %r", self.name, reason, e)
 
-    def _on_event(self, event: str) -> None:
-        state = self._state
-        if event == "ready":
+    def _on_event(self, event: PoolEvent) -> None:
+        if event is PoolEvent.READY:
             for e in self._ready:
                 e.set()
-        elif event == "drained":
+        elif event is PoolEvent.DRAINED:
             if self._drained is not None:
                 self._drained.set()
         else:
-            streak, wait = max(state.failures, state.rejected), state.next_attempt_at - _monotonic()
-            log_event(
-                self._log, self._limited_log, self.name, event, streak, state.last_error, wait
-            )
+            log_event(self._log, self._limited_log, self.name, event, self._state.health)
 
     # ------------------------------------------------------------------ the connector's reports
     def _run_due(self, scheduler: Scheduler) -> float | None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from geventconnpool._records import Attempt, Conn, Waiter
+from geventconnpool._records import Attempt, Conn, PoolEvent, Waiter
 from geventconnpool._state import HANDOFF, SLOW, WAITER_RETRY, Plan, Policy, PoolState
 
 PID = 4242
@@ -232,7 +232,7 @@ def test_failed_connects_back_off_but_waiters_retry_every_waiter_retry() -> None
     state = make_state(max_size=2, reconnect_delay=5.0)
     attempt = state.plan_connects(0.0, extra=1).connect[0]
     outcome, plan = state.connect_done(attempt, None, OSError("refused"), 0.0)
-    assert outcome == "failed" and "failed" in plan.events
+    assert outcome == "failed" and PoolEvent.FAILED in plan.events
     assert not state.plan_connects(0.1, extra=0).connect  # background: respects backoff
     state.wait(Waiter(0.1), 0.1, False)
     assert not state.plan_connects(0.1).connect
@@ -245,8 +245,8 @@ def test_a_new_connection_refused_at_its_first_hand_out_counts_as_a_failed_conne
         (rec,) = add_idle(state, now=float(i))
         state.take_any()
         state.drop(rec, "check", float(i))
-    assert state.counters.connect_failures == 2 and state.rejected == 2
-    assert state.down and state.next_attempt_at > 1.0
+    assert state.counters.connect_failures == 2 and state.health.rejected == 2
+    assert state.health.down and state.health.retry_at > 1.0
 
 
 def test_the_backend_is_down_after_fail_fast_after_failures_and_waiters_fail() -> None:
@@ -257,7 +257,7 @@ def test_the_backend_is_down_after_fail_fast_after_failures_and_waiters_fail() -
         state.connecting.clear()
         attempt = state.plan_connects(t + WAITER_RETRY).connect[0]
         _, plan = state.connect_done(attempt, None, OSError("refused"), t + WAITER_RETRY)
-    assert state.down and "down" in plan.events
+    assert state.health.down and PoolEvent.DOWN in plan.events
     assert plan.wake == [w] and w.error is not None and state.waiting == 0
     assert state.refusal() == "down"
 
