@@ -112,6 +112,14 @@ def warn_held(log: logging.Logger, name: str, rec: Any, limit: float | None) -> 
     )  # fmt: skip
 
 
+def warn_came_back(log: logging.Logger, name: str, rec: Any, now: float) -> None:
+    """A connection reported as leaked was returned after all."""
+    log.info(
+        "pool %r: connection #%d reported as leaked came back after %.1fs",
+        name, rec.id, now - rec.acquired_at,
+    )  # fmt: skip
+
+
 def warn_collected(log: logging.Logger, name: str, rec: Any, holder: Any) -> None:
     """A get() context was garbage-collected while entered: its connection was leaked."""
     taken = (

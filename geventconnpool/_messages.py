@@ -1,11 +1,14 @@
-"""The pool's error messages: each names the pool, shows its state, and says what to do."""
+"""How a pool's state is shown: its error messages (each names the pool, shows its state, and
+says what to do), ``stats()`` and ``dump()``. Everything here only reads the state."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ._state import Marker, PoolState
+from ._records import describe, greenlet_label
+from ._state import PoolState
 from .errors import PoolClosed, PoolError, PoolExhausted, PoolTimeout, PoolUnavailable
+from .stats import ConnectionInfo, Discarded, PoolDump, PoolStats, WaiterInfo
 
 
 def state_text(state: PoolState[Any]) -> str:
@@ -27,8 +30,7 @@ def cause(state: PoolState[Any]) -> BaseException | None:
 
 
 def timeout_error(name: str, state: PoolState[Any], timeout: float | None) -> PoolTimeout:
-    """No connection within ``timeout``; counted in ``stats().timeouts``."""
-    state.counters.timeouts += 1
+    """No connection within ``timeout`` (the caller counts it: ``state.timed_out()``)."""
     hint = "raise max_size, hold connections for less time, or pass a larger timeout"
     failures = state.health.streak
     if failures:
@@ -39,11 +41,9 @@ def timeout_error(name: str, state: PoolState[Any], timeout: float | None) -> Po
 
 
 def refusal_error(
-    name: str, state: PoolState[Any], why: str | BaseException, max_waiting: int | None
+    name: str, state: PoolState[Any], why: str, max_waiting: int | None
 ) -> BaseException:
     """The error for a get() the state refused: "closed", "down" or "exhausted"."""
-    if isinstance(why, Marker):
-        why = why.why
     if why == "closed":
         return PoolClosed(closed_message(name))
     if why == "down":
@@ -74,3 +74,50 @@ def wrong_hub_error(name: str, hub: Any) -> RuntimeError:
         f"pool {name!r} belongs to the gevent hub of thread {hub.thread_ident}; "
         "create one pool per thread (see docs/usage/threads.rst)"
     )
+
+
+def snapshot(state: PoolState[Any], name: str) -> PoolStats:
+    """``stats()``: the state and the counters, in O(1)."""
+    c = state.counters
+    return PoolStats(
+        name=name,
+        open=state.open_count,
+        idle=len(state.idle),
+        in_use=len(state.held) + len(state.pinging),
+        connecting=len(state.connecting),
+        waiting=state.waiting,
+        min_size=state.min,
+        max_size=state.max,
+        available=not state.health.down,
+        closed=state.closed,
+        checking=len(state.pinging),
+        acquired=c.acquired,
+        created=c.created,
+        connect_failures=c.connect_failures,
+        timeouts=c.timeouts,
+        exhausted=c.exhausted,
+        unavailable=c.unavailable,
+        discarded=Discarded(**c.discarded),
+        wait_seconds_total=c.wait_seconds,
+        wait_seconds_max=c.wait_max,
+        use_seconds_total=c.use_seconds,
+        connect_seconds_total=c.connect_seconds,
+        returned=c.returned,
+    )
+
+
+def dump(state: PoolState[Any], name: str, now: float) -> PoolDump:
+    """``dump()``: every connection and waiter, warmest idle connection first."""
+    conns = [describe(rec, "idle", now) for rec in reversed(state.idle)]
+    conns += [describe(rec, "in_use", now) for rec in state.held]
+    conns += [describe(rec, "keepalive", now) for rec in state.pinging]
+    conns += [
+        ConnectionInfo(id=0, state="connecting", age=now - a.started_at, idle_for=None, uses=0)
+        for a in state.connecting
+    ]
+    waiters = [
+        WaiterInfo(greenlet_label(w.greenlet) or "?", now - w.since)
+        for w in state.waiters
+        if not w.gone
+    ]
+    return PoolDump(snapshot(state, name), tuple(conns), tuple(waiters))

@@ -1,4 +1,9 @@
-"""The records a pool keeps: one per open connection, connect in flight, and waiting greenlet.
+"""The records a pool keeps, and the typed protocol between the state and the pool.
+
+Records: one per open connection (:class:`Conn`), connect in flight (:class:`Attempt`) and
+waiting greenlet (:class:`Waiter`). Protocol: the options the state decides by
+(:class:`Policy`), what it decided (:class:`Plan`, :class:`PoolEvent`, :class:`Doomed`) and the
+hot path's answer (:class:`Back`). Only ``_state.py`` and the records' own methods write them.
 
 The one freshness rule lives here (:meth:`Conn.refresh`): a connection is handed out without a
 check until ``fresh_until``; everything that makes a connection suspect, expired or stale sets
@@ -9,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import traceback
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Generic, TypeVar
 
@@ -18,6 +24,7 @@ from greenlet import getcurrent, greenlet
 from .stats import ConnectionInfo
 
 C = TypeVar("C")
+T = TypeVar("T")
 _conn_ids = itertools.count(1)
 INF = float("inf")
 
@@ -105,19 +112,141 @@ class Attempt:
 class Waiter(Generic[C]):
     """A greenlet blocked in get(); the pool gives it a connection or an error, or it leaves.
 
-    Waiters sit in a deque; one that leaves is only marked ``gone`` and skipped later (lazy
-    removal keeps leaving O(1)).
+    Waiters sit in a deque; one that leaves is marked ``gone`` and skipped later, and the deque
+    is compacted when gone ones outnumber the others (leaving stays O(1) amortised).
     """
 
-    __slots__ = ("error", "gone", "greenlet", "rec", "since", "waiter")
+    __slots__ = ("gone", "greenlet", "rec", "refused", "since", "waiter")
 
     def __init__(self, now: float) -> None:
         self.waiter: HubWaiter[Any] = HubWaiter()
         self.rec: Conn[C] | None = None
-        self.error: BaseException | None = None
+        self.refused: str | None = None  # why it left the line without one: "closed", "down"
         self.since = now
         self.gone = False  # served, failed or left: no longer in line
         self.greenlet = getcurrent()
+
+
+class Policy:
+    """The options the state decides by, with the pool's validated values."""
+
+    __slots__ = (
+        "check_after",
+        "fail_fast",
+        "fail_fast_after",
+        "fair_after",
+        "keepalive",
+        "keepalive_jitter",
+        "leak_timeout",
+        "lifetime_jitter",
+        "lifo",
+        "max_connecting",
+        "max_idle",
+        "max_lifetime",
+        "max_waiting",
+        "reconnect_delay",
+        "reconnect_max_delay",
+        "spawn_frequency",
+    )
+
+    def __init__(self, **values: Any) -> None:
+        for name in self.__slots__:
+            setattr(self, name, values.pop(name))
+        if values:
+            raise TypeError(f"unknown policy values: {sorted(values)}")
+
+    @classmethod
+    def of(cls, pool: Any) -> Policy:
+        """The policy of a pool, from its validated options."""
+        names = set(cls.__slots__) - {"check_after", "reconnect_delay", "spawn_frequency"}
+        values = {name: getattr(pool, name) for name in names}
+        check, reconnect = pool.check_idle_after, pool.reconnect_delay
+        return cls(
+            check_after=INF if check is None else check,
+            reconnect_delay=pool.SPAWN_FREQUENCY if reconnect is None else reconnect,
+            spawn_frequency=pool.SPAWN_FREQUENCY,
+            **values,
+        )
+
+    check_after: float  # seconds a connection is handed out unchecked (inf: never checked)
+    fail_fast: bool
+    fail_fast_after: int
+    fair_after: float
+    keepalive: float | None
+    keepalive_jitter: float
+    leak_timeout: float | None
+    lifetime_jitter: float
+    lifo: bool
+    max_connecting: int
+    max_idle: float | None
+    max_lifetime: float | None
+    max_waiting: int | None
+    reconnect_delay: float
+    reconnect_max_delay: float
+    spawn_frequency: float
+
+
+class Back(Enum):
+    """``PoolState.put_back``'s answers other than None (kept idle) and a Waiter (wake it)."""
+
+    HANDOFF = "handoff"  # kept idle; schedule the deferred hand-off to the waiters
+    SLOW = "slow"  # the general release path must decide (hooks, expiry, closed, resized)
+
+
+@dataclass(slots=True, frozen=True)
+class Doomed(Generic[C]):
+    """A connection the pool must close (``reason`` None: it never joined the pool, so no
+    ``_on_discard``), or forget without a word if ``pid`` is not this process's."""
+
+    conn: C
+    reason: str | None
+    pid: int
+
+
+_NONE: Any = ()  # the empty list of a field nothing was added to (see push())
+
+
+def push(items: list[T], item: T) -> list[T]:
+    """``items`` with ``item`` appended; a Plan's lists are created on first use."""
+    if items is _NONE:
+        items = []
+    items.append(item)
+    return items
+
+
+@dataclass(slots=True, eq=False)
+class Plan(Generic[C]):
+    """What the pool must do after a state change; ``ConnectionPool._apply`` does it in this
+    order (closing last: it may switch). Most plans are empty, so the lists are created on first
+    use (:func:`push`)."""
+
+    wake: list[Waiter[C]] = _NONE  # each has .rec or .refused set: switch to it
+    handoff: bool = False  # schedule one deferred hand-off of idle connections to waiters
+    connect: list[Attempt] = _NONE  # spawn a connect for each
+    ping: list[Conn[C]] = _NONE  # run _keepalive on each
+    leaked: list[Conn[C]] = _NONE  # held past leak_timeout: warn
+    came_back: list[Conn[C]] = _NONE  # reported as leaked, now returned: say so
+    events: list[PoolEvent] = _NONE  # wake wait_ready()/close() callers, log health changes
+    wake_at: float = INF  # wake the scheduler no later than this (monotonic; -inf: now)
+    forget: list[C] = _NONE  # another process's connections: forget without a word
+    close: list[Doomed[C]] = _NONE  # close, then _on_discard
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.wake
+            or self.handoff
+            or self.connect
+            or self.ping
+            or self.leaked
+            or self.came_back
+            or self.events
+            or self.wake_at < INF
+            or self.forget
+            or self.close
+        )
+
+
+EMPTY_PLAN: Plan[Any] = Plan()  # "nothing to do"; never added to
 
 
 def greenlet_label(g: greenlet | None) -> str | None:

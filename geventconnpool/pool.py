@@ -23,20 +23,29 @@ from greenlet import getcurrent
 
 from . import _connector, _fork
 from ._hooks import Hooks, is_interrupt
-from ._log import RateLimitedLog, log_event, pool_logger, warn_collected, warn_held
+from ._log import (
+    RateLimitedLog,
+    log_event,
+    pool_logger,
+    warn_came_back,
+    warn_collected,
+    warn_held,
+)
 from ._maintenance import Scheduler
 from ._messages import (
     cause,
     closed_message,
+    dump,
     not_ready_error,
     refusal_error,
+    snapshot,
     state_text,
     timeout_error,
     wrong_hub_error,
 )
 from ._options import BY_NAME, PoolOptions, assign, check_seconds, check_sizes, configure
-from ._records import Conn, PoolEvent, Waiter
-from ._state import HANDOFF, SLOW, Plan, Policy, PoolState
+from ._records import INF, Attempt, Conn, Doomed, Plan, Policy, PoolEvent, Waiter
+from ._state import HANDOFF, SLOW, PoolState, PutBack
 from .errors import (
     DEFAULT_EXC_CLASSES,
     PoolClosed,
@@ -76,11 +85,9 @@ class _Checkout(Generic[C]):
         now = _monotonic()
         if state.pid != _getpid():  # a fork that skipped Python's at-fork hooks (uWSGI)
             pool._check_fork()
-        rec = state.take(now)
+        rec = state.take(now, getcurrent())
         if rec is None:
             rec = pool._acquire_slow(self._timeout, now)
-        else:
-            rec.holder = getcurrent()
         self._rec = rec
         return rec.conn
 
@@ -156,8 +163,9 @@ class ConnectionPool(PoolOptions, Hooks[C]):
             raise TypeError(f"open must be True or False, not {type(open).__name__}")
         self._log = pool_logger(self.name)
         self._limited_log = RateLimitedLog(self._log)
-        self._state: PoolState[C] = PoolState(self.min_size, self.max_size, Policy.of(self), 0)
-        self._state.pid = _getpid()
+        self._state: PoolState[C] = PoolState(
+            self.min_size, self.max_size, Policy.of(self), _getpid()
+        )
         cls = type(self)
         self._has_on_acquire = cls._on_acquire is not ConnectionPool._on_acquire
         self._has_on_release = cls._on_release is not ConnectionPool._on_release
@@ -296,11 +304,11 @@ class ConnectionPool(PoolOptions, Hooks[C]):
 
     def stats(self) -> PoolStats:
         """An immutable snapshot of the pool's state and counters, in O(1)."""
-        return self._state.snapshot(self.name)
+        return snapshot(self._state, self.name)
 
     def dump(self) -> PoolDump:
         """Every connection and waiter with its state and times; ``print(pool.dump())``."""
-        return self._state.dump(self.name, _monotonic())
+        return dump(self._state, self.name, _monotonic())
 
     def __repr__(self) -> str:
         closed = " closed" if self._state.closed else ""
@@ -328,6 +336,7 @@ class ConnectionPool(PoolOptions, Hooks[C]):
             if timer is None or t is not timer:
                 raise
             t.__traceback__ = None  # it holds this frame, which holds t (timer): a cycle
+            self._state.timed_out()
             raise timeout_error(self.name, self._state, timeout) from cause(self._state)
         finally:
             if timer is not None:
@@ -339,10 +348,11 @@ class ConnectionPool(PoolOptions, Hooks[C]):
         rec = state.take_any()
         if rec is not None:
             return rec
-        refusal = state.refusal()
+        refusal = state.refuse()
         if refusal is not None or timeout == 0:
             self._apply(state.no_wait(_monotonic()))  # a connect for the next caller
             if refusal is None:
+                state.timed_out()
                 raise timeout_error(self.name, state, 0.0) from cause(state)
             raise refusal_error(self.name, state, refusal, self.max_waiting)
         return self._wait(start, first)
@@ -355,7 +365,6 @@ class ConnectionPool(PoolOptions, Hooks[C]):
         plan = state.wait(w, now, first)
         if plan:
             self._apply(plan)
-        self._maint.wake_by(state.next_connect_at(now))
         try:
             w.waiter.get()
         except BaseException:
@@ -363,8 +372,8 @@ class ConnectionPool(PoolOptions, Hooks[C]):
             if todo is not None:
                 self._after_put_back(todo)
             raise
-        if w.error is not None:
-            raise refusal_error(self.name, state, w.error, self.max_waiting)
+        if w.refused is not None:
+            raise refusal_error(self.name, state, w.refused, self.max_waiting)
         assert w.rec is not None
         return w.rec
 
@@ -401,15 +410,12 @@ class ConnectionPool(PoolOptions, Hooks[C]):
         return True
 
     def _hand_out(self, rec: Conn[C], start: float) -> Conn[C]:
-        now = _monotonic()
-        plan = self._state.hand_out(rec, now, start)
+        taken_at = None
+        if self.leak_timeout is not None:  # where it was taken, for the leak report
+            taken_at = tuple(traceback.format_stack(limit=12)[:-3])
+        plan = self._state.hand_out(rec, _monotonic(), start, getcurrent(), taken_at)
         if plan:
             self._apply(plan)
-        rec.holder = getcurrent()
-        if self.leak_timeout is not None:
-            rec.leak_reported = False
-            rec.taken_at = tuple(traceback.format_stack(limit=12)[:-3])
-            self._maint.wake_by(now + self.leak_timeout)
         return rec
 
     def _release(self, rec: Conn[C], exc: BaseException | None, now: float) -> None:
@@ -418,14 +424,6 @@ class ConnectionPool(PoolOptions, Hooks[C]):
         state = self._state
         if not state.owns(rec):  # the parent's (after a fork), or closed by close(timeout)
             return
-        if rec.leak_reported:
-            rec.leak_reported = False
-            self._log.info(
-                "pool %r: connection #%d reported as leaked came back after %.1fs",
-                self.name,
-                rec.id,
-                now - rec.acquired_at,
-            )
         reason = None if exc is None else self._exit_reason(exc)
         if reason is None and self._has_on_release:
             reason = self._run_on_release(rec)
@@ -477,7 +475,8 @@ class ConnectionPool(PoolOptions, Hooks[C]):
 
     # ------------------------------------------------------------------ acting on the state
     def _apply(self, plan: Plan[C]) -> None:
-        """Do what the state decided: wake, spawn, log, then close (which may switch)."""
+        """Do what the state decided; the only code that acts on a decision: wake, spawn, log,
+        wake the scheduler, forget, then close and run ``_on_discard`` (last: it may switch)."""
         for w in plan.wake:
             self._loop.run_callback(w.waiter.switch, None)
         if plan.handoff:
@@ -488,19 +487,22 @@ class ConnectionPool(PoolOptions, Hooks[C]):
             self._spawn(_connector.ping, rec)
         for rec in plan.leaked:
             warn_held(self._log, self.name, rec, self.leak_timeout)
+        for rec in plan.came_back:
+            warn_came_back(self._log, self.name, rec, _monotonic())
         for event in plan.events:
             self._on_event(event)
-        state = self._state
-        if state.waiting or state.open_count < state.min:  # a connect is wanted; when may it run?
-            self._maint.wake_by(state.next_connect_at(_monotonic()))
+        if plan.wake_at < INF:
+            self._maint.wake_by(plan.wake_at)
+        for conn in plan.forget:
+            self._forget_quietly(conn)
         if plan.close:
             self._close_all(plan.close)
 
-    def _after_put_back(self, todo: Any) -> None:
+    def _after_put_back(self, todo: PutBack[C]) -> None:
         """put_back() asked for a wake-up (a Waiter) or the deferred hand-off (HANDOFF)."""
         if todo is HANDOFF:
             self._loop.run_callback(self._handoff)
-        else:
+        elif isinstance(todo, Waiter):
             self._loop.run_callback(todo.waiter.switch, None)
 
     def _handoff(self) -> None:
@@ -514,15 +516,16 @@ class ConnectionPool(PoolOptions, Hooks[C]):
         self._busy.add(g)
         g.rawlink(self._busy.discard)
 
-    def _close_all(self, doomed: list[tuple[Conn[C], str]]) -> None:
+    def _close_all(self, doomed: list[Doomed[C]]) -> None:
         """Close connections and report them; if interrupted, a greenlet closes the rest."""
-        for i, (rec, reason) in enumerate(doomed):
-            if rec.pid != _getpid():  # a close hook forked: the parent's are only forgotten
-                self._forget_quietly(rec.conn)
+        for i, d in enumerate(doomed):
+            if d.pid != _getpid():  # a close hook forked: the parent's are only forgotten
+                self._forget_quietly(d.conn)
                 continue
             try:
-                self._close_quietly(rec.conn)
-                self._call_on_discard(rec.conn, reason)
+                self._close_quietly(d.conn)
+                if d.reason is not None:  # it was in the pool: tell the subclass
+                    self._call_on_discard(d.conn, d.reason)
             except BaseException:
                 gevent.spawn(self._close_all, doomed[i + 1 :])
                 raise
@@ -568,6 +571,29 @@ class ConnectionPool(PoolOptions, Hooks[C]):
             log_event(self._log, self._limited_log, self.name, event, self._state.health)
 
     # ------------------------------------------------------------------ the connector's reports
+    def _connect_ended(self, attempt: Attempt, conn: C | None, error: BaseException | None) -> None:
+        """A connect ended: with ``conn`` open, or ``error`` (both: ``_on_connect`` failed)."""
+        self._check_fork()  # a fork without at-fork hooks: the state forgets the parent's first
+        self._apply(self._state.connect_done(attempt, conn, error, _monotonic()))
+
+    def _connect_killed(self, attempt: Attempt, conn: C | None) -> None:
+        """A connect was killed (close, fork, a kill): no verdict on the backend."""
+        self._check_fork()
+        self._apply(self._state.connect_abandoned(attempt, conn, _monotonic()))
+
+    def _ping_ended(self, rec: Conn[C], reason: str | None, error: BaseException | None) -> None:
+        """A keepalive ended; a routine failure is one rate-limited line, a bug a traceback."""
+        self._check_fork()  # the parent's ping, ended in a forked child: ping_done() forgets it
+        if isinstance(error, (*self.exc_classes, TimeoutError)):
+            msg = "pool %r: keepalive found connection #%d broken (%r); replacing it"
+            self._limited_log.log(logging.INFO, "keepalive", msg, self.name, rec.id, error)
+        elif error is not None:
+            self._log.error(
+                "pool %r: _keepalive raised on connection #%d; replacing it", self.name, rec.id,
+                exc_info=error,
+            )  # fmt: skip
+        self._apply(self._state.ping_done(rec, _monotonic(), reason))
+
     def _run_due(self, scheduler: Scheduler) -> float | None:
         """The scheduler's turn: do what is due; say when to look again (None: stop)."""
         self._check_fork()
