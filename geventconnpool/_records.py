@@ -13,7 +13,9 @@ check until ``fresh_until``; everything that makes a connection suspect, expired
 from __future__ import annotations
 
 import itertools
+import random
 import traceback
+from collections import deque
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Generic, TypeVar
@@ -96,6 +98,88 @@ class Conn(Generic[C]):
         """Check this connection before its next hand-out, whatever its idle time."""
         self.suspect = True
         self.fresh_until = 0.0
+
+    def ping_due(self) -> float:
+        """When this connection is due its next keepalive ping."""
+        return max(self.last_used, self.last_ping) + self.keepalive_every
+
+    @classmethod
+    def new(cls, conn: C, now: float, generation: int, pid: int, p: Policy) -> Conn[C]:
+        """The record of a connection that just opened: its jittered lifetime and keepalive."""
+        expires = INF
+        if p.max_lifetime is not None:
+            expires = now + p.max_lifetime * (1.0 - p.lifetime_jitter * random.random())
+        rec: Conn[C] = cls(conn, now, expires, generation, pid)
+        rec.refresh(now, p.check_after)
+        if p.keepalive is not None:
+            rec.keepalive_every = p.keepalive * (1.0 - p.keepalive_jitter * random.random())
+        return rec
+
+
+class Idle(deque[Conn[C]]):
+    """The idle connections, warmest at the right end; the one LIFO/FIFO rule lives here.
+
+    A deque, so that the hot path (``PoolState.take``/``put_back``) uses it at C speed.
+    """
+
+    def __init__(self, lifo: bool) -> None:
+        super().__init__()
+        self.lifo = lifo
+
+    def next(self) -> Conn[C]:
+        """Take the connection the next caller gets: the warmest (LIFO) or the one idle
+        longest (FIFO)."""
+        return self.pop() if self.lifo else self.popleft()
+
+    def put(self, rec: Conn[C], cold: bool = False) -> None:
+        """Park ``rec``; at the cold end if ``cold`` (a ping does not make a surplus one warm)."""
+        if cold and self.lifo:
+            self.appendleft(rec)
+        else:
+            self.append(rec)
+
+    def coldest_first(self) -> list[Conn[C]]:
+        """The idle connections, the one unused longest first (the order idle reaping closes)."""
+        return list(self) if self.lifo else sorted(self, key=_last_used)
+
+    def take_expired(self, now: float) -> list[Conn[C]]:
+        """Take out the connections past their lifetime."""
+        expired = [rec for rec in self if rec.expires_at <= now]
+        self.pull(expired)
+        return expired
+
+    def take_stale(self, now: float, max_idle: float, most: int) -> list[Conn[C]]:
+        """Take out up to ``most`` connections idle for ``max_idle`` seconds, coldest first."""
+        stale: list[Conn[C]] = []
+        for rec in self.coldest_first():
+            if len(stale) >= most or now - rec.last_used < max_idle:
+                break
+            stale.append(rec)
+        self.pull(stale)
+        return stale
+
+    def take_due_pings(self, now: float, others_out: bool) -> list[Conn[C]]:
+        """Take out the connections due a keepalive ping; the warmest stays for callers if all
+        are due (also when only one is due while ``others_out`` pings are out)."""
+        due = [rec for rec in self if rec.ping_due() <= now]
+        if due and len(due) == len(self) and (len(due) > 1 or others_out):
+            due.pop()
+        self.pull(due)
+        return due
+
+    def pull(self, recs: list[Conn[C]]) -> None:
+        """Take ``recs`` out (background work; O(idle))."""
+        if len(recs) == 1:
+            self.remove(recs[0])
+        elif recs:
+            gone = set(recs)
+            kept = [rec for rec in self if rec not in gone]
+            self.clear()
+            self.extend(kept)
+
+
+def _last_used(rec: Conn[Any]) -> float:
+    return rec.last_used
 
 
 class Attempt:
@@ -247,6 +331,54 @@ class Plan(Generic[C]):
 
 
 EMPTY_PLAN: Plan[Any] = Plan()  # "nothing to do"; never added to
+
+
+class Line(deque[Waiter[C]]):
+    """The waiters, oldest first. One that leaves is only marked ``gone`` (O(1)); the gone ones
+    are dropped when they reach the front, and the line is compacted when they outnumber the
+    ones still in it: memory stays flat however many time out or are killed, O(1) amortised."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.left = 0  # gone waiters still in the deque
+
+    def first(self) -> Waiter[C] | None:
+        """The oldest waiter still in line (the gone ones in front are dropped on the way)."""
+        while self:
+            w = self[0]
+            if not w.gone:
+                return w
+            self.popleft()
+            self.left -= 1
+        return None
+
+    def gone_one(self, waiting: int) -> None:
+        """A waiter left the line (``waiting`` are still in it)."""
+        self.left += 1
+        if self.left > waiting:
+            kept = [w for w in self if not w.gone]
+            self.clear()
+            self.extend(kept)
+            self.left = 0
+
+    def serve(self, w: Waiter[C], rec: Conn[C]) -> None:
+        """Give ``rec`` to ``w``, the first waiter still in line, which leaves the line."""
+        self.popleft()
+        w.gone = True
+        w.rec = rec
+
+    def refuse_all(self, why: str) -> list[Waiter[C]]:
+        """Every waiter leaves the line, refused for ``why``; returns those that were in it."""
+        refused = [w for w in self if not w.gone]
+        for w in refused:
+            w.gone = True
+            w.refused = why
+        self.reset()
+        return refused
+
+    def reset(self) -> None:
+        self.clear()
+        self.left = 0
 
 
 def greenlet_label(g: greenlet | None) -> str | None:

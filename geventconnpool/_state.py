@@ -22,8 +22,6 @@ The rules, each in one place:
 
 from __future__ import annotations
 
-import random
-from collections import deque
 from collections.abc import Iterator
 from typing import Any, Generic, TypeVar
 
@@ -35,6 +33,8 @@ from ._records import (
     Back,
     Conn,
     Doomed,
+    Idle,
+    Line,
     Plan,
     Policy,
     PoolEvent,
@@ -74,13 +74,12 @@ class PoolState(Generic[C]):
         self.policy = policy
         self.min = min_size
         self.max = max_size
-        self.idle: deque[Conn[C]] = deque()  # open, not in use; the right end is the warmest
+        self.idle: Idle[C] = Idle(policy.lifo)  # open, not in use; the right end is the warmest
         self.held: set[Conn[C]] = set()  # handed to a caller (or being vetted for one)
         self.pinging: set[Conn[C]] = set()  # out for a keepalive ping
         self.connecting: dict[Attempt, None] = {}  # connects in flight (slots reserved)
-        self.waiters: deque[Waiter[C]] = deque()  # oldest first; gone ones skipped lazily
+        self.waiters: Line[C] = Line()  # oldest first; gone ones skipped lazily
         self.waiting = 0  # waiters still in line (not gone)
-        self.left = 0  # waiters that left the line but are still in the deque (compacted)
         self.generation = 0  # bumped by invalidate() and fork: older connections are not reused
         self.pid = pid  # the process the connections belong to
         self.closed = False
@@ -164,7 +163,7 @@ class PoolState(Generic[C]):
         rec = idle[-1] if lifo else idle[0]
         if now >= rec.fresh_until:
             return None
-        if lifo:  # the hot path's copy of _pop_idle(), after a peek
+        if lifo:  # the hot path's copy of Idle.next(), after a peek
             idle.pop()
         else:
             idle.popleft()
@@ -202,7 +201,7 @@ class PoolState(Generic[C]):
         hand-off (:meth:`handoff`) gives whatever is still idle at the end of the loop turn to the
         waiters, oldest first.
         """
-        w = self._first_waiter()
+        w = self.waiters.first()
         if w is not None and now - w.since >= self.policy.fair_after:
             self._serve(w, rec)
             return w
@@ -218,34 +217,16 @@ class PoolState(Generic[C]):
         self.handoff_pending = False
         woken: list[Waiter[C]] = []
         while self.waiting and self.idle:
-            w = self._first_waiter()
+            w = self.waiters.first()
             assert w is not None
-            rec = self._pop_idle()
+            rec = self.idle.next()
             self.held.add(rec)
             self._serve(w, rec)
             woken.append(w)
         return woken
 
-    def _pop_idle(self) -> Conn[C]:
-        """The warmest idle connection (LIFO) or the one idle longest (FIFO), out of idle."""
-        return self.idle.pop() if self.policy.lifo else self.idle.popleft()
-
-    def _first_waiter(self) -> Waiter[C] | None:
-        """The oldest waiter still in line; the gone ones in front are dropped on the way."""
-        waiters = self.waiters
-        while waiters:
-            w = waiters[0]
-            if not w.gone:
-                return w
-            waiters.popleft()
-            self.left -= 1
-        return None
-
     def _serve(self, w: Waiter[C], rec: Conn[C]) -> None:
-        """Give ``rec`` (held) to waiter ``w``, the oldest in line, which leaves the line."""
-        self.waiters.popleft()
-        w.gone = True
-        w.rec = rec
+        self.waiters.serve(w, rec)
         self.waiting -= 1
 
     # ------------------------------------------------------------------ getting
@@ -253,7 +234,7 @@ class PoolState(Generic[C]):
         """The slow path's take: the warmest idle connection, checked or not (caller vets it)."""
         if not self.idle:
             return None
-        rec = self._pop_idle()
+        rec = self.idle.next()
         self.held.add(rec)
         return rec
 
@@ -282,7 +263,9 @@ class PoolState(Generic[C]):
         else:
             self.waiters.append(w)
         self.waiting += 1
-        return self.plan_connects(now) if self._may_connect() else EMPTY_PLAN
+        if self.closed or not self.opened or self.open_count >= self.max:
+            return EMPTY_PLAN  # (the cheap test first: no connect could start)
+        return self.plan_connects(now)
 
     def no_wait(self, now: float) -> Plan[C]:
         """A get() that may not wait found nothing idle: start a connect for the next one."""
@@ -298,12 +281,7 @@ class PoolState(Generic[C]):
         if not w.gone:
             w.gone = True
             self.waiting -= 1
-            self.left += 1
-            if self.left > self.waiting:
-                kept = [x for x in self.waiters if not x.gone]
-                self.waiters.clear()
-                self.waiters.extend(kept)
-                self.left = 0
+            self.waiters.gone_one(self.waiting)
         return None
 
     def hand_out(
@@ -312,16 +290,11 @@ class PoolState(Generic[C]):
         """``rec`` (held, vetted) now belongs to ``holder``, which asked at ``start``;
         ``taken_at`` is where (with leak_timeout), for the leak report."""
         rec.uses += 1
-        rec.acquired_at = now
-        rec.holder = holder
-        rec.leak_reported = False
-        rec.taken_at = taken_at
+        rec.acquired_at, rec.holder, rec.taken_at, rec.leak_reported = now, holder, taken_at, False
         c = self.counters
         c.acquired += 1
-        waited = now - start
-        c.wait_seconds += waited
-        if waited > c.wait_max:
-            c.wait_max = waited
+        c.wait_seconds += now - start
+        c.wait_max = max(c.wait_max, now - start)
         back = self.health.served_new()
         if not back and self.policy.leak_timeout is None:
             return EMPTY_PLAN
@@ -408,10 +381,6 @@ class PoolState(Generic[C]):
         return self.discard(rec, "leaked", now)
 
     # ------------------------------------------------------------------ connecting
-    def _may_connect(self) -> bool:
-        """A connect could start at all: open, below max_size (cheap; checked first)."""
-        return self.opened and not self.closed and self.open_count < self.max
-
     def plan_connects(self, now: float, extra: int = 0) -> Plan[C]:
         """Start the connects the pool needs now (see :meth:`_plan_into`)."""
         plan: Plan[C] = Plan()
@@ -492,20 +461,9 @@ class PoolState(Generic[C]):
             return
         if self.health.succeeded(now):
             plan.events = push(plan.events, PoolEvent.UP)
-        self._arrive(self._new_record(conn, now), plan)
+        self._arrive(Conn.new(conn, now, self.generation, self.pid, self.policy), plan)
         if self.ready():
             plan.events = push(plan.events, PoolEvent.READY)
-
-    def _new_record(self, conn: C, now: float) -> Conn[C]:
-        p = self.policy
-        expires = INF
-        if p.max_lifetime is not None:
-            expires = now + p.max_lifetime * (1.0 - p.lifetime_jitter * random.random())
-        rec: Conn[C] = Conn(conn, now, expires, self.generation, self.pid)
-        rec.refresh(now, p.check_after)
-        if p.keepalive is not None:
-            rec.keepalive_every = p.keepalive * (1.0 - p.keepalive_jitter * random.random())
-        return rec
 
     def connect_abandoned(self, attempt: Attempt, conn: C | None, now: float) -> Plan[C]:
         """A connect was killed (close, fork, a kill): free its slot at once, no backoff; close
@@ -530,17 +488,11 @@ class PoolState(Generic[C]):
 
     def _fail_waiters(self, plan: Plan[C], why: str) -> None:
         """Every waiter leaves the line, refused for ``why`` ("closed", "down")."""
-        while self.waiters:
-            w = self.waiters.popleft()
-            if w.gone:
-                continue
-            w.gone = True
-            w.refused = why
+        for w in self.waiters.refuse_all(why):
             self.waiting -= 1
             if why == "down":
                 self.counters.unavailable += 1
             plan.wake = push(plan.wake, w)
-        self.left = 0
 
     # ------------------------------------------------------------------ background work
     def due(self, now: float) -> tuple[Plan[C], float]:
@@ -559,9 +511,7 @@ class PoolState(Generic[C]):
         """Idle connections past their max_lifetime close (in-use ones close on return)."""
         if self.policy.max_lifetime is None:
             return INF
-        expired = [rec for rec in self.idle if rec.expires_at <= now]
-        self._pull_idle(expired)
-        for rec in expired:
+        for rec in self.idle.take_expired(now):
             self.discard(rec, "lifetime", now, plan)
         return min((rec.expires_at for rec in self.live()), default=INF)
 
@@ -570,15 +520,7 @@ class PoolState(Generic[C]):
         max_idle = self.policy.max_idle
         if max_idle is None:
             return INF
-        surplus = self.open_count - self.min
-        stale: list[Conn[C]] = []
-        coldest_first = self.idle if self.policy.lifo else sorted(self.idle, key=_last_used)
-        for rec in coldest_first:
-            if len(stale) >= surplus or now - rec.last_used < max_idle:
-                break
-            stale.append(rec)
-        self._pull_idle(stale)
-        for rec in stale:
+        for rec in self.idle.take_stale(now, max_idle, self.open_count - self.min):
             self.discard(rec, "idle", now, plan)
         if self.open_count <= self.min:
             return INF
@@ -589,14 +531,11 @@ class PoolState(Generic[C]):
         """Idle connections due a ping leave the idle deque; one is always left for callers."""
         if self.policy.keepalive is None:
             return INF
-        due = [rec for rec in self.idle if _ping_due(rec) <= now]
-        if due and len(due) == len(self.idle) and (len(due) > 1 or self.pinging):
-            due.pop()  # the warmest stays for callers (also while other pings are out)
-        self._pull_idle(due)
-        self.pinging.update(due)
-        for rec in due:
+        for rec in self.idle.take_due_pings(now, bool(self.pinging)):
+            self.pinging.add(rec)
             plan.ping = push(plan.ping, rec)
-        return min((_ping_due(rec) for rec in self.idle), default=now + self.policy.keepalive)
+        next_ping = (rec.ping_due() for rec in self.idle)
+        return min(next_ping, default=now + self.policy.keepalive)
 
     def _leaks(self, now: float, plan: Plan[C]) -> float:
         """Connections held longer than leak_timeout are reported once each."""
@@ -634,25 +573,13 @@ class PoolState(Generic[C]):
         """A connection no caller held (new, or back from a ping): the oldest waiter gets it at
         once (it was opened or freed for the waiters: no barging); else it goes idle, at the
         cold end if ``cold`` (a ping does not make a surplus connection warm)."""
-        w = self._first_waiter() if self.waiting else None
+        w = self.waiters.first() if self.waiting else None
         if w is not None:
             self.held.add(rec)
             self._serve(w, rec)
             plan.wake = push(plan.wake, w)
-        elif cold and self.policy.lifo:
-            self.idle.appendleft(rec)
         else:
-            self.idle.append(rec)
-
-    def _pull_idle(self, recs: list[Conn[C]]) -> None:
-        """Take ``recs`` out of the idle deque (background work; O(idle))."""
-        if len(recs) == 1:
-            self.idle.remove(recs[0])
-        elif recs:
-            gone = set(recs)
-            kept = [rec for rec in self.idle if rec not in gone]
-            self.idle.clear()
-            self.idle.extend(kept)
+            self.idle.put(rec, cold)
 
     # ------------------------------------------------------------------ whole-pool changes
     def open(self, now: float) -> Plan[C]:
@@ -716,9 +643,10 @@ class PoolState(Generic[C]):
         inherited = [*self.live()]
         self.pid = pid
         self.generation += 1
-        for container in (self.idle, self.held, self.pinging, self.connecting, self.waiters):
+        for container in (self.idle, self.held, self.pinging, self.connecting):
             container.clear()
-        self.waiting = self.left = self.replace_now = 0
+        self.waiters.reset()
+        self.waiting = self.replace_now = 0
         self.handoff_pending = False
         self.next_fill_at = 0.0
         self.health.reset()
@@ -744,11 +672,3 @@ class PoolState(Generic[C]):
 def _never_good(rec: Conn[Any], now: float) -> bool:
     """A new connection refused before it served anyone, not one that died with others."""
     return not rec.uses and not rec.suspect and now - rec.created_at < NEW_CONNECTION_WINDOW
-
-
-def _ping_due(rec: Conn[Any]) -> float:
-    return max(rec.last_used, rec.last_ping) + rec.keepalive_every
-
-
-def _last_used(rec: Conn[Any]) -> float:
-    return rec.last_used
