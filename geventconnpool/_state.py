@@ -22,8 +22,13 @@ The rules, each in one place:
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
-from typing import Any, Generic, TypeVar
+from types import TracebackType
+from typing import Any, Generic, Protocol, TypeVar
+
+from greenlet import getcurrent
 
 from ._health import REJECTED_MESSAGE, WAITER_RETRY, Health
 from ._records import (
@@ -44,6 +49,8 @@ from ._records import (
 from .stats import Counters
 
 C = TypeVar("C")
+_monotonic = time.monotonic
+_getpid = os.getpid  # forks that skip Python's at-fork hooks (uWSGI) are caught by comparing it
 
 #: A connection refused by the checkout check or ``_on_acquire`` at its first hand-out, this
 #: soon after it opened, counts as a failed connect (backoff, fail_fast): a proxy that accepts
@@ -60,6 +67,7 @@ __all__ = [
     "REJECTED_MESSAGE",
     "SLOW",
     "WAITER_RETRY",
+    "Checkout",
     "Plan",
     "Policy",
     "PoolState",
@@ -72,6 +80,8 @@ class PoolState(Generic[C]):
 
     def __init__(self, min_size: int, max_size: int, policy: Policy, pid: int) -> None:
         self.policy = policy
+        self.lifo = policy.lifo  # the hot path's copies of two options (see configure())
+        self.check_after = policy.check_after
         self.min = min_size
         self.max = max_size
         self.idle: Idle[C] = Idle(policy.lifo)  # open, not in use; the right end is the warmest
@@ -157,22 +167,20 @@ class PoolState(Generic[C]):
         """The warmest idle connection, now ``holder``'s, if it needs no check; None: take the
         slow path."""
         idle = self.idle
-        if not idle or not self.fast_take:
-            return None
-        lifo = self.policy.lifo
-        rec = idle[-1] if lifo else idle[0]
-        if now >= rec.fresh_until:
-            return None
-        if lifo:  # the hot path's copy of Idle.next(), after a peek
-            idle.pop()
-        else:
-            idle.popleft()
-        self.held.add(rec)
-        rec.holder = holder
-        rec.uses += 1
-        rec.acquired_at = now
-        self.counters.acquired += 1
-        return rec
+        if idle and self.fast_take:
+            rec = idle.pop() if self.lifo else idle.popleft()  # Idle.next(), inlined
+            if now < rec.fresh_until:
+                self.held.add(rec)
+                rec.holder = holder
+                rec.uses += 1
+                rec.acquired_at = now
+                self.counters.acquired += 1
+                return rec
+            if self.lifo:  # it must be checked: back where it was, for the slow path
+                idle.append(rec)
+            else:
+                idle.appendleft(rec)
+        return None
 
     def put_back(self, rec: Conn[C], now: float) -> PutBack[C]:
         """A clean return on the hot path: None (kept idle), the Waiter to wake (it was given
@@ -184,8 +192,12 @@ class PoolState(Generic[C]):
         c.use_seconds += now - rec.acquired_at
         c.returned += 1
         rec.holder = None
-        rec.last_used = now
-        rec.refresh(now, self.policy.check_after)
+        rec.last_used = rec.last_ping = now
+        if rec.suspect:  # Conn.refresh(now, check_after), inlined: this is the hot path
+            rec.fresh_until = 0.0
+        else:
+            fresh = now + self.check_after
+            rec.fresh_until = fresh if fresh < rec.expires_at else rec.expires_at
         if self.waiting:
             return self._give_back(rec, now)
         self.held.discard(rec)
@@ -656,6 +668,8 @@ class PoolState(Generic[C]):
     def configure(self, policy: Policy) -> None:
         """New option values (an option assigned on a live pool)."""
         self.policy = policy
+        self.lifo = policy.lifo
+        self.check_after = policy.check_after
 
     def set_hooks(self, on_take: bool, on_put: bool) -> None:
         """The pool has per-use work on taking / putting back (hooks, leak_timeout)."""
@@ -672,3 +686,100 @@ class PoolState(Generic[C]):
 def _never_good(rec: Conn[Any], now: float) -> bool:
     """A new connection refused before it served anyone, not one that died with others."""
     return not rec.uses and not rec.suspect and now - rec.created_at < NEW_CONNECTION_WINDOW
+
+
+class CheckoutOwner(Protocol[C]):
+    """The pool's slow paths, which the hot path hands everything else to."""
+
+    def _check_fork(self) -> None: ...
+    def _acquire_slow(self, timeout: float | None, start: float) -> Conn[C]: ...
+    def _after_put_back(self, todo: PutBack[C]) -> None: ...
+    def _release(self, rec: Conn[C], exc: BaseException | None, now: float) -> None: ...
+    def _reclaim_leaked(self, rec: Conn[C]) -> None: ...
+
+
+class Checkout(Generic[C]):
+    """The context manager ``get()`` returns: acquires on enter, releases on exit.
+
+    Its uncontended case is :meth:`PoolState.take` and :meth:`PoolState.put_back` written out
+    inline, so that each way is one Python frame (the hot path; ``python -m bench.hotpath``);
+    ``tests/test_state.py`` checks that the copies and the methods change the same fields the
+    same way. Anything else goes through the pool's slow paths.
+    """
+
+    __slots__ = ("_pool", "_rec", "_state", "_timeout")
+
+    def __init__(self, pool: Any, state: PoolState[C], timeout: float | None) -> None:
+        self._pool: CheckoutOwner[C] = pool
+        self._state = state
+        self._timeout = timeout
+        self._rec: Conn[C] | None = None
+
+    def __enter__(self) -> C:
+        if self._rec is not None:
+            raise RuntimeError("this get() context is already entered; call pool.get() again")
+        state = self._state
+        now = _monotonic()
+        if state.pid != _getpid():  # a fork that skipped Python's at-fork hooks (uWSGI)
+            self._pool._check_fork()
+        idle = state.idle
+        if idle and state.fast_take:  # PoolState.take(now, getcurrent()), inlined
+            rec = idle.pop() if state.lifo else idle.popleft()
+            if now < rec.fresh_until:
+                state.held.add(rec)
+                rec.holder = getcurrent()
+                rec.uses += 1
+                rec.acquired_at = now
+                state.counters.acquired += 1
+                self._rec = rec
+                return rec.conn
+            if state.lifo:  # it must be checked: back where it was, for the slow path
+                idle.append(rec)
+            else:
+                idle.appendleft(rec)
+        self._rec = rec = self._pool._acquire_slow(self._timeout, now)
+        return rec.conn
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        rec = self._rec
+        if rec is None:
+            return
+        self._rec = None
+        now = _monotonic()
+        s = self._state
+        if (
+            exc_type is None
+            and s.fast_put
+            and now < rec.expires_at
+            and rec.generation == s.generation
+        ):
+            c = s.counters  # PoolState.put_back(rec, now), inlined (in a forked child too:
+            c.use_seconds += now - rec.acquired_at  # whoever gets rec next checks its pid)
+            c.returned += 1
+            rec.holder = None
+            rec.last_used = rec.last_ping = now
+            if rec.suspect:
+                rec.fresh_until = 0.0
+            else:
+                fresh = now + s.check_after
+                rec.fresh_until = fresh if fresh < rec.expires_at else rec.expires_at
+            if not s.waiting:
+                s.held.discard(rec)
+                s.idle.append(rec)
+            else:
+                todo = s._give_back(rec, now)
+                if todo is not None:
+                    self._pool._after_put_back(todo)
+            return
+        self._pool._release(rec, exc, now)
+
+    def __del__(self) -> None:
+        rec = self._rec
+        if rec is not None:  # entered, never exited, and now garbage: report, give the slot back
+            self._rec = None
+            self._pool._reclaim_leaked(rec)

@@ -13,8 +13,7 @@ import logging
 import os
 import time
 import traceback
-from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import gevent
 from gevent.event import Event
@@ -45,7 +44,7 @@ from ._messages import (
 )
 from ._options import BY_NAME, PoolOptions, assign, check_seconds, check_sizes, configure
 from ._records import INF, Attempt, Conn, Doomed, Plan, Policy, PoolEvent, Waiter
-from ._state import HANDOFF, SLOW, PoolState, PutBack
+from ._state import HANDOFF, Checkout, PoolState, PutBack
 from .errors import (
     DEFAULT_EXC_CLASSES,
     PoolClosed,
@@ -60,63 +59,8 @@ _P = TypeVar("_P", bound="ConnectionPool[Any]")
 _UNSET: Any = object()  # "not given": the class attribute of the same name applies
 _pool_numbers = itertools.count(1)
 _monotonic = time.monotonic
+_new_object = object.__new__
 _getpid = os.getpid  # forks that skip Python's at-fork hooks (uWSGI) are caught by comparing it
-
-
-class _Checkout(Generic[C]):
-    """The context manager returned by ``get()``: acquires on enter, releases on exit.
-
-    The common case is two calls into the state (``take``, ``put_back``); anything else goes
-    through the pool's slow paths.
-    """
-
-    __slots__ = ("_pool", "_rec", "_timeout")
-
-    def __init__(self, pool: ConnectionPool[C], timeout: float | None) -> None:
-        self._pool = pool
-        self._timeout = timeout
-        self._rec: Conn[C] | None = None
-
-    def __enter__(self) -> C:
-        if self._rec is not None:
-            raise RuntimeError("this get() context is already entered; call pool.get() again")
-        pool = self._pool
-        state = pool._state
-        now = _monotonic()
-        if state.pid != _getpid():  # a fork that skipped Python's at-fork hooks (uWSGI)
-            pool._check_fork()
-        rec = state.take(now, getcurrent())
-        if rec is None:
-            rec = pool._acquire_slow(self._timeout, now)
-        self._rec = rec
-        return rec.conn
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        rec = self._rec
-        if rec is None:
-            return
-        self._rec = None
-        pool = self._pool
-        now = _monotonic()
-        if exc_type is None:  # in a forked child: whoever gets rec next checks its pid
-            todo = pool._state.put_back(rec, now)
-            if todo is None:
-                return
-            if todo is not SLOW:
-                pool._after_put_back(todo)
-                return
-        pool._release(rec, exc, now)
-
-    def __del__(self) -> None:
-        rec = self._rec
-        if rec is not None:  # entered, never exited, and now garbage: report, give the slot back
-            self._rec = None
-            self._pool._reclaim_leaked(rec)
 
 
 class ConnectionPool(PoolOptions, Hooks[C]):
@@ -195,7 +139,7 @@ class ConnectionPool(PoolOptions, Hooks[C]):
             self._state.configure(Policy.of(self))
 
     # ------------------------------------------------------------------ public API
-    def get(self, timeout: float | None = _UNSET) -> _Checkout[C]:
+    def get(self, timeout: float | None = _UNSET) -> Checkout[C]:
         """A context manager that hands out a connection: ``with pool.get() as conn:``.
 
         ``timeout`` (seconds) bounds everything get() does; None waits for ever; 0 never waits.
@@ -205,7 +149,12 @@ class ConnectionPool(PoolOptions, Hooks[C]):
             timeout = self.timeout
         elif timeout is not None:
             timeout = check_seconds("timeout", timeout)
-        return _Checkout(self, timeout)
+        checkout: Checkout[C] = _new_object(Checkout)  # Checkout(self, state, timeout), but
+        checkout._pool = self  # without a Python-level __init__ call: this is the hot path
+        checkout._state = self._state
+        checkout._timeout = timeout
+        checkout._rec = None
+        return checkout
 
     def open(self) -> None:
         """Start connecting (the constructor does it unless ``open=False``); idempotent.

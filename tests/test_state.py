@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from geventconnpool._records import Attempt, Conn, PoolEvent, Waiter
-from geventconnpool._state import HANDOFF, SLOW, WAITER_RETRY, Plan, Policy, PoolState
+from geventconnpool import _state as _state_module
+from geventconnpool._records import INF, Attempt, Conn, PoolEvent, Waiter
+from geventconnpool._state import HANDOFF, SLOW, WAITER_RETRY, Checkout, Plan, Policy, PoolState
 
 PID = 4242
 HOLDER = object()  # the greenlet a connection is handed to
@@ -372,3 +373,82 @@ def test_a_connection_opened_for_a_waiter_goes_to_it_and_no_extra_connect_starts
     plan = state.connect_done(attempt, object(), None, 0.001)
     assert not plan.close and plan.wake == [w] and w.rec is not None
     assert not plan.connect and not state.connecting and not state.idle
+
+
+# ---------------------------------------------------------------------- the hot path's copies
+class _SlowPaths:
+    """Checkout's pool: records what was left to the slow paths."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def _check_fork(self) -> None:
+        self.calls.append("fork")
+
+    def _acquire_slow(self, timeout: float | None, start: float) -> Conn[object]:
+        self.calls.append("acquire")
+        return Conn(object(), start, INF, 0, PID)
+
+    def _after_put_back(self, todo: object) -> None:
+        self.calls.append(f"after:{type(todo).__name__}")
+
+    def _release(self, rec: Conn[object], exc: BaseException | None, now: float) -> None:
+        self.calls.append("release")
+
+    def _reclaim_leaked(self, rec: Conn[object]) -> None:
+        self.calls.append("leaked")
+
+
+def _fields(state: PoolState[object]) -> tuple[Any, ...]:
+    """Everything take/put_back may change, records by position (their ids differ)."""
+    c = state.counters
+
+    def rec(r: Conn[object]) -> tuple[Any, ...]:
+        return tuple(getattr(r, f) for f in Conn.__slots__ if f not in ("id", "conn"))
+
+    return (
+        [rec(r) for r in state.idle],
+        sorted(rec(r) for r in state.held),
+        state.waiting,
+        tuple(getattr(c, f) for f in c.__slots__ if f != "discarded"),
+        state.handoff_pending,
+    )
+
+
+@pytest.mark.parametrize("lifo", [True, False])
+@pytest.mark.parametrize("case", ["fresh", "stale", "waiter", "expired"])
+def test_checkout_inlines_take_and_put_back_exactly(
+    monkeypatch: pytest.MonkeyPatch, lifo: bool, case: str
+) -> None:
+    """Checkout's enter/exit (the hot path, inlined) change the state as take()/put_back()."""
+    now = 2.0 if case == "stale" else 0.5
+    monkeypatch.setattr(_state_module, "_monotonic", lambda: now)
+    monkeypatch.setattr(_state_module, "getcurrent", lambda: HOLDER)
+    monkeypatch.setattr(_state_module, "_getpid", lambda: PID)
+    twins = []
+    for _ in range(2):
+        state = make_state(max_size=3, lifo=lifo, fair_after=0.0, max_lifetime=1.0)
+        add_idle(state, 0.0)
+        add_idle(state, 0.1)
+        twins.append(state)
+    by_method, by_checkout = twins
+    pool = _SlowPaths()
+    checkout = Checkout(pool, by_checkout, None)
+    conn = checkout.__enter__()
+    rec = by_method.take(now, HOLDER)
+    assert (rec is None) == (pool.calls == ["acquire"])
+    assert _fields(by_method) == _fields(by_checkout)
+    if rec is None:
+        return
+    assert rec.conn is not conn  # twins: their own objects
+    if case == "waiter":
+        for state in twins:
+            queue_waiter(state, 0.0)
+    if case == "expired":
+        now = 1.5
+    checkout.__exit__(None, None, None)
+    answer = by_method.put_back(rec, now)
+    expected = {None: [], SLOW: ["release"]}.get(answer, [f"after:{type(answer).__name__}"])
+    assert pool.calls == expected, (answer, pool.calls)
+    if answer is not SLOW:
+        assert _fields(by_method) == _fields(by_checkout)
