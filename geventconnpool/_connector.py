@@ -49,11 +49,9 @@ def connect(pool: Owner[Any], attempt: Attempt) -> None:
     """One connect attempt: ``_new_connection()`` then ``_on_connect()``, under connect_timeout.
 
     Only a kill (``GreenletExit``: close(), a fork, a killed connector) ends the attempt without
-    a verdict; anything else a hook raises, BaseExceptions included (a hook's own
-    ``gevent.Timeout``, a custom BaseException), is a failed connect: backoff, ``fail_fast``,
-    ``connect_failures`` and the PoolTimeout's cause. KeyboardInterrupt and SystemExit are booked
-    as a failure, then re-raised: they are meant for the process.
-    """
+    a verdict; anything else a hook raises, BaseExceptions included (its own ``gevent.Timeout``,
+    a custom one), is a failed connect: backoff, ``fail_fast``, ``connect_failures``, the
+    PoolTimeout's cause. KeyboardInterrupt and SystemExit are booked, then re-raised."""
     conn: Any = None
     error: BaseException | None = None
     escalate: BaseException | None = None

@@ -79,9 +79,7 @@ class PoolState(Generic[C]):
     """Idle, held, pinging and connecting connections, the waiters, and what they imply."""
 
     def __init__(self, min_size: int, max_size: int, policy: Policy, pid: int) -> None:
-        self.policy = policy
-        self.lifo = policy.lifo  # the hot path's copies of two options (see configure())
-        self.check_after = policy.check_after
+        self.configure(policy)  # self.policy, and the hot path's copies of two options
         self.min = min_size
         self.max = max_size
         self.idle: Idle[C] = Idle(policy.lifo)  # open, not in use; the right end is the warmest
@@ -164,8 +162,7 @@ class PoolState(Generic[C]):
 
     # ------------------------------------------------------------------ the hot path
     def take(self, now: float, holder: Any) -> Conn[C] | None:
-        """The warmest idle connection, now ``holder``'s, if it needs no check; None: take the
-        slow path."""
+        """The next idle connection, now ``holder``'s, if it needs no check; None: slow path."""
         idle = self.idle
         if idle and self.fast_take:
             rec = idle.pop() if self.lifo else idle.popleft()  # Idle.next(), inlined
@@ -176,16 +173,12 @@ class PoolState(Generic[C]):
                 rec.acquired_at = now
                 self.counters.acquired += 1
                 return rec
-            if self.lifo:  # it must be checked: back where it was, for the slow path
-                idle.append(rec)
-            else:
-                idle.appendleft(rec)
+            (idle.append if self.lifo else idle.appendleft)(rec)  # to check: back in its place
         return None
 
     def put_back(self, rec: Conn[C], now: float) -> PutBack[C]:
-        """A clean return on the hot path: None (kept idle), the Waiter to wake (it was given
-        ``rec``), HANDOFF (kept idle; schedule the deferred hand-off) or SLOW (let
-        :meth:`release` decide)."""
+        """A clean return: None (kept idle), the Waiter to wake (it was given ``rec``), HANDOFF
+        (kept idle; schedule the deferred hand-off) or SLOW (:meth:`release` decides)."""
         if not self.fast_put or now >= rec.expires_at or rec.generation != self.generation:
             return SLOW
         c = self.counters
