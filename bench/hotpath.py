@@ -95,8 +95,10 @@ class Child:
         return float(self.proc.stdout.readline())
 
     def close(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
+        """End the child (its stdin closes) and wait for it."""
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
         self.proc.wait(10)
 
 
