@@ -116,7 +116,12 @@ def test_no_line_says_zero_in_a_row_or_a_negative_delay(
     caplog.set_level(logging.INFO, logger="geventconnpool")
     pool = ScriptedPool(min_size=0, max_size=3, max_connecting=3, fail_fast_after=1)
     pools.append(pool)
-    callers = [gevent.spawn(lambda: pool.get(timeout=5).__enter__()) for _ in range(3)]
+
+    def caller() -> None:
+        with pool.get(timeout=5):
+            pass
+
+    callers = [gevent.spawn(caller) for _ in range(3)]
     wait_until(lambda: len(pool.gates) == 3, what="three connects in flight")
     pool.finish(0, ConnectionRefusedError("A: still down"))  # the outage: down after 1
     wait_until(lambda: not pool.stats().available, what="the backend considered down")

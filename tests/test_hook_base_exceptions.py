@@ -18,7 +18,7 @@ from typing import Any
 import gevent
 import pytest
 
-from geventconnpool import PoolTimeout, PoolUnavailable
+from geventconnpool import PoolClosed, PoolTimeout, PoolUnavailable
 
 from .conftest import FakeConn, FakePool, wait_until
 
@@ -175,11 +175,17 @@ def test_the_pools_own_kill_still_skips_the_backoff(pools: list[Any]) -> None:
     """close() kills a connect in flight: no failure is booked, nothing is logged."""
     pool = _make(pools, "none", min_size=0, max_size=1)
     pool.gate = gevent.event.Event()  # the connect hangs
-    g = gevent.spawn(lambda: pool.get(timeout=5).__enter__())
+
+    def caller() -> None:
+        with pytest.raises(PoolClosed), pool.get(timeout=5):
+            pass
+
+    g = gevent.spawn(caller)
     wait_until(lambda: pool.stats().connecting == 1, what="the connect")
     pool.close()
     assert pool.stats().connect_failures == 0
     g.join(5)
+    assert g.successful()
 
 
 # -- the other hooks ----------------------------------------------------------------------------
