@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test,bench]'
 	$(PY) -m bench.prepare
 	$(PY) -m bench
+	$(PY) -m bench.hotpath --against 7c02a3d
 
 bench-quick: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test,bench]'

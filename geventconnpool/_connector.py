@@ -1,24 +1,21 @@
 """The pool's short-lived greenlets: one connect attempt, one keepalive ping.
 
-Each runs the user's hook under its own ``connect_timeout`` and reports the outcome to the pool,
-which books it in the state; an outer interrupt (a kill by close() or a fork, an outer Timeout)
-is reported as such and re-raised.
+Each runs the user's hook under its own ``connect_timeout`` and reports the outcome to the pool
+(``_connect_ended``, ``_connect_killed``, ``_ping_ended``), which books it in the state and acts
+on the state's plan: this module does the I/O and reports, nothing else. A kill (close(), a
+fork) is reported as such and re-raised.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import time
 import traceback
 from typing import Any, Protocol, TypeVar
 
 import gevent
+from greenlet import GreenletExit
 
-from ._log import RateLimitedLog
-from ._maintenance import Scheduler
 from ._records import Attempt, Conn
-from ._state import Plan, PoolState
 from .errors import PoolError
 
 C = TypeVar("C")
@@ -28,22 +25,17 @@ class Owner(Protocol[C]):
     """What the connector needs of its pool."""
 
     connect_timeout: float | None
-    exc_classes: tuple[type[BaseException], ...]
 
     def _new_connection(self) -> C: ...
     def _on_connect(self, conn: C) -> None: ...
     def _keepalive(self, conn: C) -> None: ...
-    def _close_quietly(self, conn: C) -> None: ...
-    def _call_on_discard(self, conn: C, reason: str) -> None: ...
-    def _forget_connection(self, conn: C) -> None: ...
-    def _apply(self, plan: Plan[C]) -> None: ...
-    def _check_fork(self) -> None: ...
-
-    name: str
-    _state: PoolState[C]
-    _log: logging.Logger
-    _limited_log: RateLimitedLog
-    _maint: Scheduler
+    def _connect_ended(
+        self, attempt: Attempt, conn: C | None, error: BaseException | None
+    ) -> None: ...
+    def _connect_killed(self, attempt: Attempt, conn: C | None) -> None: ...
+    def _ping_ended(
+        self, rec: Conn[C], reason: str | None, error: BaseException | None
+    ) -> None: ...
 
 
 def start_timer(seconds: float | None) -> gevent.Timeout:
@@ -54,100 +46,69 @@ def start_timer(seconds: float | None) -> gevent.Timeout:
 
 
 def connect(pool: Owner[Any], attempt: Attempt) -> None:
-    """One connect attempt: ``_new_connection()`` then ``_on_connect()``, under connect_timeout."""
+    """One connect attempt: ``_new_connection()`` then ``_on_connect()``, under connect_timeout.
+
+    Only a kill (``GreenletExit``: close(), a fork, a killed connector) ends the attempt without
+    a verdict; anything else a hook raises, BaseExceptions included (its own ``gevent.Timeout``,
+    a custom one), is a failed connect: backoff, ``fail_fast``, ``connect_failures``, the
+    PoolTimeout's cause. KeyboardInterrupt and SystemExit are booked, then re-raised."""
     conn: Any = None
     error: BaseException | None = None
+    escalate: BaseException | None = None
     timer = start_timer(pool.connect_timeout)
     try:
         conn = pool._new_connection()
         if conn is None:
             raise PoolError("_new_connection() returned None")
         if attempt.pid != os.getpid():  # the process forked meanwhile: the parent's socket
-            abandoned(pool, attempt, conn)
+            pool._connect_killed(attempt, conn)
             return
         pool._on_connect(conn)
-    except gevent.Timeout as t:
-        if t is not timer:
-            abandoned(pool, attempt, conn)
-            raise
-        error = TimeoutError(f"connect timed out after {pool.connect_timeout}s")
-    except Exception as e:
-        error = without_frames(e)
-    except BaseException:  # killed by close() or a fork: the attempt just ends
-        abandoned(pool, attempt, conn)
+    except GreenletExit:  # killed by close(), a fork or a kill: the attempt just ends
+        pool._connect_killed(attempt, conn)
         raise
+    except gevent.Timeout as t:
+        if t is timer:
+            error = TimeoutError(f"connect timed out after {pool.connect_timeout}s")
+        else:  # the hook's own timeout escaped: its connect failed
+            error = without_frames(t)
+    except (KeyboardInterrupt, SystemExit) as e:
+        error = escalate = e
+    except BaseException as e:  # Exception, or a hook's own BaseException: a failed connect
+        error = without_frames(e)
     finally:
         timer.close()
     if conn is not None and attempt.pid != os.getpid():  # forked during _on_connect
-        abandoned(pool, attempt, conn)  # the parent's socket: forgotten, never closed here
+        pool._connect_killed(attempt, conn)  # the parent's socket: forgotten, never closed here
         return
-    if error is not None and conn is not None:
-        pool._close_quietly(conn)  # _on_connect failed on an open connection
-        conn = None
-    finished(pool, attempt, conn, error)
+    pool._connect_ended(attempt, conn, error)  # both: _on_connect failed, the pool closes conn
+    if escalate is not None:
+        raise escalate
 
 
 def ping(pool: Owner[Any], rec: Conn[Any]) -> None:
-    """Run ``_keepalive`` on one connection, bounded by ``connect_timeout``."""
+    """Run ``_keepalive`` on one connection, bounded by ``connect_timeout``.
+
+    A kill, KeyboardInterrupt or SystemExit interrupts the ping (the connection is discarded and
+    the exception goes on); anything else the hook raises, BaseExceptions included, is a broken
+    connection, replaced and logged.
+    """
     reason: str | None = None
     error: BaseException | None = None
     timer = start_timer(pool.connect_timeout)
     try:
         pool._keepalive(rec.conn)
-    except gevent.Timeout as t:
-        if t is not timer:
-            pinged(pool, rec, "interrupted", None)
-            raise
-        reason, error = "keepalive", TimeoutError(f"keepalive timed out after {t.seconds}s")
-    except Exception as e:
-        reason, error = "keepalive", without_frames(e)
-    except BaseException:
-        pinged(pool, rec, "interrupted", None)
+    except (GreenletExit, KeyboardInterrupt, SystemExit):
+        pool._ping_ended(rec, "interrupted", None)
         raise
+    except gevent.Timeout as t:  # ours, or the hook's own that escaped
+        late = TimeoutError(f"keepalive timed out after {t.seconds}s") if t is timer else t
+        reason, error = "keepalive", without_frames(late)
+    except BaseException as e:
+        reason, error = "keepalive", without_frames(e)
     finally:
         timer.close()
-    pinged(pool, rec, reason, error)
-
-
-def finished(pool: Owner[C], attempt: Attempt, conn: C | None, error: BaseException | None) -> None:
-    """Report a connect's end to the state; close or forget a connection it does not keep."""
-    pool._check_fork()  # a fork without at-fork hooks: the state forgets the parent's first
-    outcome, plan = pool._state.connect_done(attempt, conn, error, time.monotonic())
-    if outcome == "forget" and conn is not None:
-        pool._forget_connection(conn)
-    elif outcome not in ("keep", "failed", "forget") and conn is not None:
-        pool._close_quietly(conn)
-        pool._call_on_discard(conn, outcome)
-    pool._apply(plan)
-    pool._maint.wake()
-
-
-def abandoned(pool: Owner[C], attempt: Attempt, conn: C | None) -> None:
-    """A connect was interrupted (a kill, a fork): free its slot, drop what it opened."""
-    pool._check_fork()
-    if conn is not None:
-        if attempt.pid == os.getpid():
-            pool._close_quietly(conn)
-        else:
-            pool._forget_connection(conn)
-    pool._apply(pool._state.connect_abandoned(attempt, time.monotonic()))
-    pool._maint.wake()
-
-
-def pinged(pool: Owner[C], rec: Conn[C], reason: str | None, error: BaseException | None) -> None:
-    """Report a keepalive's end; a routine failure is one rate-limited line, a bug a traceback."""
-    pool._check_fork()  # the parent's ping, ended in a forked child: ping_done() forgets it
-    if isinstance(error, (*pool.exc_classes, TimeoutError)):
-        pool._limited_log.log(
-            logging.INFO, "keepalive", "pool %r: keepalive found connection #%d broken (%r); "
-            "replacing it", pool.name, rec.id, error,
-        )  # fmt: skip
-    elif error is not None:
-        pool._log.error(
-            "pool %r: _keepalive raised on connection #%d; replacing it", pool.name, rec.id,
-            exc_info=error,
-        )  # fmt: skip
-    pool._apply(pool._state.ping_done(rec, time.monotonic(), reason))
+    pool._ping_ended(rec, reason, error)
 
 
 def without_frames(error: BaseException) -> BaseException:

@@ -9,11 +9,29 @@ from __future__ import annotations
 import difflib
 from typing import Any, Generic, TypeVar
 
+import gevent
+from greenlet import GreenletExit
+
 from . import _fork
 from ._probe import socket_is_quiet
 from .errors import PoolError
 
 C = TypeVar("C")
+
+#: What interrupts a hook rather than being its failure: a kill, a timeout (the caller's, which
+#: must come out as the same object), KeyboardInterrupt and SystemExit. Any other BaseException a
+#: hook raises is the hook's failure, handled like an Exception (issue 19: no storm, no lost slot).
+INTERRUPTS: tuple[type[BaseException], ...] = (
+    GreenletExit,
+    gevent.Timeout,
+    KeyboardInterrupt,
+    SystemExit,
+)
+
+
+def is_interrupt(error: BaseException) -> bool:
+    """``error`` interrupts the code running a hook (see :data:`INTERRUPTS`)."""
+    return isinstance(error, INTERRUPTS)
 
 
 class Hooks(Generic[C]):

@@ -8,7 +8,8 @@ import traceback
 import warnings
 from typing import Any
 
-from ._records import greenlet_label
+from ._health import Health
+from ._records import PoolEvent, greenlet_label
 from .errors import PoolWarning
 
 LOGGER = logging.getLogger("geventconnpool")
@@ -79,29 +80,29 @@ class RateLimitedLog:
 
 
 def log_event(
-    log: logging.Logger,
-    limited: RateLimitedLog,
-    name: str,
-    event: str,
-    streak: int,
-    error: object,
-    next_in: float,
+    log: logging.Logger, limited: RateLimitedLog, name: str, event: PoolEvent, health: Health
 ) -> None:
-    """Log what the state reported: a failed connect, the backend down or back."""
-    if event == "failed":
+    """Log what the state reported: a failed connect, the backend down or back.
+
+    The streak and the delay are the ones the health object chose when it booked the failure:
+    never "0 in a row", never a negative delay. The first failure of an outage is also a
+    :class:`PoolWarning` (see :func:`warn_outage`).
+    """
+    streak, error = health.streak, health.last_error
+    if event is PoolEvent.FAILED:
         if not limited.outage_warned:
             limited.outage_warned = True
             warn_outage(name, error)
         limited.log(
             logging.WARNING, "connect",
             "pool %r: connect failed (%d in a row; next attempt in %.2fs): %r",
-            name, streak, next_in, error,
+            name, streak, health.delay, error,
         )  # fmt: skip
-    elif event == "down":
+    elif event is PoolEvent.DOWN:
         log.warning(
             "pool %r: backend considered down after %d failed connects: %r", name, streak, error
         )
-    elif event == "up":
+    elif event is PoolEvent.UP:
         log.info("pool %r: backend is back, a connect succeeded", name)
         limited.reset("connect")
         limited.outage_warned = False  # the next outage is warned about again
@@ -139,6 +140,14 @@ def warn_held(log: logging.Logger, name: str, rec: Any, limit: float | None) -> 
     log.warning(
         "pool %r: connection #%d held by %s for %.1fs (leak_timeout=%ss); taken at:\n%s",
         name, rec.id, greenlet_label(holder), time.monotonic() - rec.acquired_at, limit, where,
+    )  # fmt: skip
+
+
+def warn_came_back(log: logging.Logger, name: str, rec: Any, now: float) -> None:
+    """A connection reported as leaked was returned after all."""
+    log.info(
+        "pool %r: connection #%d reported as leaked came back after %.1fs",
+        name, rec.id, now - rec.acquired_at,
     )  # fmt: skip
 
 

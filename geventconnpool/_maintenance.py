@@ -46,8 +46,9 @@ class Scheduler:
         self._greenlet = gevent.spawn(_run, self._ref, self._event, self)
 
     def wake_by(self, when: float) -> None:
-        """Make sure the scheduler looks again no later than ``when`` (monotonic seconds)."""
-        if when < self.next_at and not self._event.is_set():
+        """Make sure the scheduler looks again no later than ``when`` (monotonic seconds;
+        ``-inf``: now, also while it runs, so that a change made meanwhile is seen)."""
+        if (when < self.next_at or when == -_INF) and not self._event.is_set():
             self._event.set()
 
     def wake(self) -> None:

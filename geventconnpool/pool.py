@@ -13,8 +13,7 @@ import logging
 import os
 import time
 import traceback
-from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import gevent
 from gevent.event import Event
@@ -22,21 +21,30 @@ from gevent.hub import get_hub
 from greenlet import getcurrent
 
 from . import _connector, _fork
-from ._hooks import Hooks, require_new_connection
-from ._log import RateLimitedLog, log_event, pool_logger, warn_collected, warn_held
+from ._hooks import Hooks, is_interrupt, require_new_connection
+from ._log import (
+    RateLimitedLog,
+    log_event,
+    pool_logger,
+    warn_came_back,
+    warn_collected,
+    warn_held,
+)
 from ._maintenance import Scheduler
 from ._messages import (
     cause,
     closed_message,
+    dump,
     not_ready_error,
     refusal_error,
+    snapshot,
     state_text,
     timeout_error,
     wrong_hub_error,
 )
 from ._options import BY_NAME, PoolOptions, assign, check_seconds, check_sizes, configure
-from ._records import Conn, Waiter
-from ._state import HANDOFF, SLOW, Plan, Policy, PoolState
+from ._records import INF, Attempt, Conn, Doomed, Plan, Policy, PoolEvent, Waiter
+from ._state import HANDOFF, Checkout, PoolState, PutBack
 from .errors import (
     DEFAULT_EXC_CLASSES,
     PoolClosed,
@@ -51,65 +59,8 @@ _P = TypeVar("_P", bound="ConnectionPool[Any]")
 _UNSET: Any = object()  # "not given": the class attribute of the same name applies
 _pool_numbers = itertools.count(1)
 _monotonic = time.monotonic
+_new_object = object.__new__
 _getpid = os.getpid  # forks that skip Python's at-fork hooks (uWSGI) are caught by comparing it
-
-
-class _Checkout(Generic[C]):
-    """The context manager returned by ``get()``: acquires on enter, releases on exit.
-
-    The common case is two calls into the state (``take``, ``put_back``); anything else goes
-    through the pool's slow paths.
-    """
-
-    __slots__ = ("_pool", "_rec", "_timeout")
-
-    def __init__(self, pool: ConnectionPool[C], timeout: float | None) -> None:
-        self._pool = pool
-        self._timeout = timeout
-        self._rec: Conn[C] | None = None
-
-    def __enter__(self) -> C:
-        if self._rec is not None:
-            raise RuntimeError("this get() context is already entered; call pool.get() again")
-        pool = self._pool
-        state = pool._state
-        now = _monotonic()
-        if state.pid != _getpid():  # a fork that skipped Python's at-fork hooks (uWSGI)
-            pool._check_fork()
-        rec = state.take(now)
-        if rec is None:
-            rec = pool._acquire_slow(self._timeout, now)
-        else:
-            rec.holder = getcurrent()
-        self._rec = rec
-        return rec.conn
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        rec = self._rec
-        if rec is None:
-            return
-        self._rec = None
-        pool = self._pool
-        now = _monotonic()
-        if exc_type is None:  # in a forked child: whoever gets rec next checks its pid
-            todo = pool._state.put_back(rec, now)
-            if todo is None:
-                return
-            if todo is not SLOW:
-                pool._after_put_back(todo)
-                return
-        pool._release(rec, exc, now)
-
-    def __del__(self) -> None:
-        rec = self._rec
-        if rec is not None:  # entered, never exited, and now garbage: report, give the slot back
-            self._rec = None
-            self._pool._reclaim_leaked(rec)
 
 
 class ConnectionPool(PoolOptions, Hooks[C]):
@@ -157,8 +108,9 @@ class ConnectionPool(PoolOptions, Hooks[C]):
             raise TypeError(f"open must be True or False, not {type(open).__name__}")
         self._log = pool_logger(self.name)
         self._limited_log = RateLimitedLog(self._log)
-        self._state: PoolState[C] = PoolState(self.min_size, self.max_size, Policy.of(self), 0)
-        self._state.pid = _getpid()
+        self._state: PoolState[C] = PoolState(
+            self.min_size, self.max_size, Policy.of(self), _getpid()
+        )
         cls = type(self)
         self._has_on_acquire = cls._on_acquire is not ConnectionPool._on_acquire
         self._has_on_release = cls._on_release is not ConnectionPool._on_release
@@ -188,7 +140,7 @@ class ConnectionPool(PoolOptions, Hooks[C]):
             self._state.configure(Policy.of(self))
 
     # ------------------------------------------------------------------ public API
-    def get(self, timeout: float | None = _UNSET) -> _Checkout[C]:
+    def get(self, timeout: float | None = _UNSET) -> Checkout[C]:
         """A context manager that hands out a connection: ``with pool.get() as conn:``.
 
         ``timeout`` (seconds) bounds everything get() does; None waits for ever; 0 never waits.
@@ -198,7 +150,12 @@ class ConnectionPool(PoolOptions, Hooks[C]):
             timeout = self.timeout
         elif timeout is not None:
             timeout = check_seconds("timeout", timeout)
-        return _Checkout(self, timeout)
+        checkout: Checkout[C] = _new_object(Checkout)  # Checkout(self, state, timeout), but
+        checkout._pool = self  # without a Python-level __init__ call: this is the hot path
+        checkout._state = self._state
+        checkout._timeout = timeout
+        checkout._rec = None
+        return checkout
 
     def open(self) -> None:
         """Start connecting (the constructor does it unless ``open=False``); idempotent.
@@ -276,7 +233,7 @@ class ConnectionPool(PoolOptions, Hooks[C]):
         self._ready.append(event)
         try:
             if not event.wait(timeout):
-                raise not_ready_error(self.name, state, timeout) from state.last_error
+                raise not_ready_error(self.name, state, timeout) from state.health.last_error
         finally:
             if event in self._ready:
                 self._ready.remove(event)
@@ -297,11 +254,11 @@ class ConnectionPool(PoolOptions, Hooks[C]):
 
     def stats(self) -> PoolStats:
         """An immutable snapshot of the pool's state and counters, in O(1)."""
-        return self._state.snapshot(self.name)
+        return snapshot(self._state, self.name)
 
     def dump(self) -> PoolDump:
         """Every connection and waiter with its state and times; ``print(pool.dump())``."""
-        return self._state.dump(self.name, _monotonic())
+        return dump(self._state, self.name, _monotonic())
 
     def __repr__(self) -> str:
         closed = " closed" if self._state.closed else ""
@@ -329,6 +286,7 @@ class ConnectionPool(PoolOptions, Hooks[C]):
             if timer is None or t is not timer:
                 raise
             t.__traceback__ = None  # it holds this frame, which holds t (timer): a cycle
+            self._state.timed_out()
             raise timeout_error(self.name, self._state, timeout) from cause(self._state)
         finally:
             if timer is not None:
@@ -340,10 +298,11 @@ class ConnectionPool(PoolOptions, Hooks[C]):
         rec = state.take_any()
         if rec is not None:
             return rec
-        refusal = state.refusal()
+        refusal = state.refuse()
         if refusal is not None or timeout == 0:
             self._apply(state.no_wait(_monotonic()))  # a connect for the next caller
             if refusal is None:
+                state.timed_out()
                 raise timeout_error(self.name, state, 0.0) from cause(state)
             raise refusal_error(self.name, state, refusal, self.max_waiting)
         return self._wait(start, first)
@@ -356,7 +315,6 @@ class ConnectionPool(PoolOptions, Hooks[C]):
         plan = state.wait(w, now, first)
         if plan:
             self._apply(plan)
-        self._maint.wake_by(state.next_connect_at(now))
         try:
             w.waiter.get()
         except BaseException:
@@ -364,8 +322,8 @@ class ConnectionPool(PoolOptions, Hooks[C]):
             if todo is not None:
                 self._after_put_back(todo)
             raise
-        if w.error is not None:
-            raise refusal_error(self.name, state, w.error, self.max_waiting)
+        if w.refused is not None:
+            raise refusal_error(self.name, state, w.refused, self.max_waiting)
         assert w.rec is not None
         return w.rec
 
@@ -402,13 +360,12 @@ class ConnectionPool(PoolOptions, Hooks[C]):
         return True
 
     def _hand_out(self, rec: Conn[C], start: float) -> Conn[C]:
-        now = _monotonic()
-        self._state.hand_out(rec, now, start)
-        rec.holder = getcurrent()
-        if self.leak_timeout is not None:
-            rec.leak_reported = False
-            rec.taken_at = tuple(traceback.format_stack(limit=12)[:-3])
-            self._maint.wake_by(now + self.leak_timeout)
+        taken_at = None
+        if self.leak_timeout is not None:  # where it was taken, for the leak report
+            taken_at = tuple(traceback.format_stack(limit=12)[:-3])
+        plan = self._state.hand_out(rec, _monotonic(), start, getcurrent(), taken_at)
+        if plan:
+            self._apply(plan)
         return rec
 
     def _release(self, rec: Conn[C], exc: BaseException | None, now: float) -> None:
@@ -417,14 +374,6 @@ class ConnectionPool(PoolOptions, Hooks[C]):
         state = self._state
         if not state.owns(rec):  # the parent's (after a fork), or closed by close(timeout)
             return
-        if rec.leak_reported:
-            rec.leak_reported = False
-            self._log.info(
-                "pool %r: connection #%d reported as leaked came back after %.1fs",
-                self.name,
-                rec.id,
-                now - rec.acquired_at,
-            )
         reason = None if exc is None else self._exit_reason(exc)
         if reason is None and self._has_on_release:
             reason = self._run_on_release(rec)
@@ -476,7 +425,8 @@ class ConnectionPool(PoolOptions, Hooks[C]):
 
     # ------------------------------------------------------------------ acting on the state
     def _apply(self, plan: Plan[C]) -> None:
-        """Do what the state decided: wake, spawn, log, then close (which may switch)."""
+        """Do what the state decided; the only code that acts on a decision: wake, spawn, log,
+        wake the scheduler, forget, then close and run ``_on_discard`` (last: it may switch)."""
         for w in plan.wake:
             self._loop.run_callback(w.waiter.switch, None)
         if plan.handoff:
@@ -487,19 +437,22 @@ class ConnectionPool(PoolOptions, Hooks[C]):
             self._spawn(_connector.ping, rec)
         for rec in plan.leaked:
             warn_held(self._log, self.name, rec, self.leak_timeout)
+        for rec in plan.came_back:
+            warn_came_back(self._log, self.name, rec, _monotonic())
         for event in plan.events:
             self._on_event(event)
-        state = self._state
-        if state.waiting or state.open_count < state.min:  # a connect is wanted; when may it run?
-            self._maint.wake_by(state.next_connect_at(_monotonic()))
+        if plan.wake_at < INF:
+            self._maint.wake_by(plan.wake_at)
+        for conn in plan.forget:
+            self._forget_quietly(conn)
         if plan.close:
             self._close_all(plan.close)
 
-    def _after_put_back(self, todo: Any) -> None:
+    def _after_put_back(self, todo: PutBack[C]) -> None:
         """put_back() asked for a wake-up (a Waiter) or the deferred hand-off (HANDOFF)."""
         if todo is HANDOFF:
             self._loop.run_callback(self._handoff)
-        else:
+        elif isinstance(todo, Waiter):
             self._loop.run_callback(todo.waiter.switch, None)
 
     def _handoff(self) -> None:
@@ -513,15 +466,16 @@ class ConnectionPool(PoolOptions, Hooks[C]):
         self._busy.add(g)
         g.rawlink(self._busy.discard)
 
-    def _close_all(self, doomed: list[tuple[Conn[C], str]]) -> None:
+    def _close_all(self, doomed: list[Doomed[C]]) -> None:
         """Close connections and report them; if interrupted, a greenlet closes the rest."""
-        for i, (rec, reason) in enumerate(doomed):
-            if rec.pid != _getpid():  # a close hook forked: the parent's are only forgotten
-                self._forget_quietly(rec.conn)
+        for i, d in enumerate(doomed):
+            if d.pid != _getpid():  # a close hook forked: the parent's are only forgotten
+                self._forget_quietly(d.conn)
                 continue
             try:
-                self._close_quietly(rec.conn)
-                self._call_on_discard(rec.conn, reason)
+                self._close_quietly(d.conn)
+                if d.reason is not None:  # it was in the pool: tell the subclass
+                    self._call_on_discard(d.conn, d.reason)
             except BaseException:
                 gevent.spawn(self._close_all, doomed[i + 1 :])
                 raise
@@ -531,34 +485,65 @@ class ConnectionPool(PoolOptions, Hooks[C]):
             self._forget_connection(conn)
         except Exception:
             self._log.debug("forgetting an inherited connection failed", exc_info=True)
+        except BaseException as e:
+            if is_interrupt(e):
+                raise
+            self._log.exception("pool %r: _forget_connection raised %r", self.name, e)
 
     def _close_quietly(self, conn: C) -> None:
         try:
             self._close_connection(conn)
         except Exception:
             self._log.debug("closing a connection failed", exc_info=True)
+        except BaseException as e:  # a hook's own BaseException: logged once, the closing goes on
+            if is_interrupt(e):
+                raise
+            self._log.exception("pool %r: _close_connection raised %r", self.name, e)
 
     def _call_on_discard(self, conn: C, reason: str) -> None:
         try:
             self._on_discard(conn, reason)
         except Exception:
             self._log.exception("_on_discard(%r) raised", reason)
+        except BaseException as e:
+            if is_interrupt(e):
+                raise
+            self._log.exception("pool %r: _on_discard(%r) raised %r", self.name, reason, e)
 
-    def _on_event(self, event: str) -> None:
-        state = self._state
-        if event == "ready":
+    def _on_event(self, event: PoolEvent) -> None:
+        if event is PoolEvent.READY:
             for e in self._ready:
                 e.set()
-        elif event == "drained":
+        elif event is PoolEvent.DRAINED:
             if self._drained is not None:
                 self._drained.set()
         else:
-            streak, wait = max(state.failures, state.rejected), state.next_attempt_at - _monotonic()
-            log_event(
-                self._log, self._limited_log, self.name, event, streak, state.last_error, wait
-            )
+            log_event(self._log, self._limited_log, self.name, event, self._state.health)
 
     # ------------------------------------------------------------------ the connector's reports
+    def _connect_ended(self, attempt: Attempt, conn: C | None, error: BaseException | None) -> None:
+        """A connect ended: with ``conn`` open, or ``error`` (both: ``_on_connect`` failed)."""
+        self._check_fork()  # a fork without at-fork hooks: the state forgets the parent's first
+        self._apply(self._state.connect_done(attempt, conn, error, _monotonic()))
+
+    def _connect_killed(self, attempt: Attempt, conn: C | None) -> None:
+        """A connect was killed (close, fork, a kill): no verdict on the backend."""
+        self._check_fork()
+        self._apply(self._state.connect_abandoned(attempt, conn, _monotonic()))
+
+    def _ping_ended(self, rec: Conn[C], reason: str | None, error: BaseException | None) -> None:
+        """A keepalive ended; a routine failure is one rate-limited line, a bug a traceback."""
+        self._check_fork()  # the parent's ping, ended in a forked child: ping_done() forgets it
+        if isinstance(error, (*self.exc_classes, TimeoutError)):
+            msg = "pool %r: keepalive found connection #%d broken (%r); replacing it"
+            self._limited_log.log(logging.INFO, "keepalive", msg, self.name, rec.id, error)
+        elif error is not None:
+            self._log.error(
+                "pool %r: _keepalive raised on connection #%d; replacing it", self.name, rec.id,
+                exc_info=error,
+            )  # fmt: skip
+        self._apply(self._state.ping_done(rec, _monotonic(), reason))
+
     def _run_due(self, scheduler: Scheduler) -> float | None:
         """The scheduler's turn: do what is due; say when to look again (None: stop)."""
         self._check_fork()

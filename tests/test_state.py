@@ -10,10 +10,17 @@ from typing import Any
 
 import pytest
 
-from geventconnpool._records import Attempt, Conn, Waiter
-from geventconnpool._state import HANDOFF, SLOW, WAITER_RETRY, Plan, Policy, PoolState
+from geventconnpool import _state as _state_module
+from geventconnpool._records import INF, Attempt, Conn, PoolEvent, Waiter
+from geventconnpool._state import HANDOFF, SLOW, WAITER_RETRY, Checkout, Plan, Policy, PoolState
 
 PID = 4242
+HOLDER = object()  # the greenlet a connection is handed to
+
+
+def closed(plan: Plan[object]) -> list[tuple[object, str | None]]:
+    """What a plan closes: (connection, discard reason)."""
+    return [(d.conn, d.reason) for d in plan.close]
 
 
 def make_state(min_size: int = 0, max_size: int = 4, **policy: Any) -> PoolState[object]:
@@ -48,8 +55,8 @@ def add_idle(state: PoolState[object], now: float = 0.0, n: int = 1) -> list[Con
     for _ in range(n):
         attempt = Attempt(state.generation, now, state.pid)
         state.connecting[attempt] = None  # as plan_connects() books a connect it starts
-        outcome, _ = state.connect_done(attempt, object(), None, now)
-        assert outcome == "keep"
+        plan = state.connect_done(attempt, object(), None, now)
+        assert not plan.close and not plan.forget  # it joined the pool
         recs.append(state.idle[-1])
     return recs
 
@@ -64,14 +71,14 @@ def queue_waiter(state: PoolState[object], since: float) -> Waiter[object]:
 def test_take_hands_out_the_warmest_fresh_idle_connection() -> None:
     state = make_state()
     cold, warm = add_idle(state, n=2)
-    assert state.take(0.5) is warm
+    assert state.take(0.5, HOLDER) is warm
     assert state.held == {warm} and list(state.idle) == [cold]
 
 
 def test_take_leaves_a_connection_that_needs_a_check_to_the_slow_path() -> None:
     state = make_state()
     (rec,) = add_idle(state)
-    assert state.take(5.0) is None  # idle longer than check_after
+    assert state.take(5.0, HOLDER) is None  # idle longer than check_after
     assert list(state.idle) == [rec]
     assert state.vet_reason(rec, 5.0) == "check"
 
@@ -79,7 +86,7 @@ def test_take_leaves_a_connection_that_needs_a_check_to_the_slow_path() -> None:
 def test_put_back_with_nobody_waiting_parks_the_connection_idle() -> None:
     state = make_state()
     add_idle(state)
-    rec = state.take(0.1)
+    rec = state.take(0.1, HOLDER)
     assert rec is not None
     assert state.put_back(rec, 0.2) is None
     assert list(state.idle) == [rec] and not state.held
@@ -90,7 +97,7 @@ def test_put_back_with_nobody_waiting_parks_the_connection_idle() -> None:
 def test_a_waiter_that_waited_fair_after_gets_the_connection_directly() -> None:
     state = make_state(fair_after=0.03)
     add_idle(state)
-    rec = state.take(0.0)
+    rec = state.take(0.0, HOLDER)
     assert rec is not None
     w = queue_waiter(state, since=0.0)
     assert state.put_back(rec, 0.05) is w
@@ -101,12 +108,12 @@ def test_a_waiter_that_waited_fair_after_gets_the_connection_directly() -> None:
 def test_a_young_waiter_may_be_overtaken_and_one_handoff_per_turn_is_asked() -> None:
     state = make_state(fair_after=0.03, max_size=2)
     add_idle(state, n=2)
-    a, b = state.take(0.0), state.take(0.0)
+    a, b = state.take(0.0, HOLDER), state.take(0.0, HOLDER)
     assert a is not None and b is not None
     w = queue_waiter(state, since=0.01)
     assert state.put_back(a, 0.02) is HANDOFF  # parked: the releaser may take it back
     assert state.put_back(b, 0.02) is None  # a hand-off is already pending
-    assert state.take(0.02) is b  # barging: a newcomer takes the warmest
+    assert state.take(0.02, HOLDER) is b  # barging: a newcomer takes the warmest
     assert state.handoff(0.02) == [w]  # what is still idle goes to the waiter
     assert w.rec is a and not state.idle and not state.handoff_pending
 
@@ -114,7 +121,7 @@ def test_a_young_waiter_may_be_overtaken_and_one_handoff_per_turn_is_asked() -> 
 def test_fair_after_zero_is_strict_fifo() -> None:
     state = make_state(fair_after=0.0)
     add_idle(state)
-    rec = state.take(0.0)
+    rec = state.take(0.0, HOLDER)
     assert rec is not None
     first, second = queue_waiter(state, 0.0), queue_waiter(state, 0.0)
     assert state.put_back(rec, 0.0) is first
@@ -138,7 +145,7 @@ def test_handoff_serves_the_oldest_waiters_first_and_skips_those_who_left() -> N
 def test_a_waiter_that_leaves_after_being_served_passes_the_connection_on() -> None:
     state = make_state(fair_after=0.0)
     add_idle(state)
-    rec = state.take(0.0)
+    rec = state.take(0.0, HOLDER)
     assert rec is not None
     served, next_in_line = queue_waiter(state, 0.0), queue_waiter(state, 0.0)
     assert state.put_back(rec, 0.0) is served
@@ -149,11 +156,11 @@ def test_a_waiter_that_leaves_after_being_served_passes_the_connection_on() -> N
 def test_a_waiter_that_leaves_unserved_is_no_longer_counted() -> None:
     state = make_state(max_waiting=1)
     add_idle(state)
-    state.take(0.0)
+    state.take(0.0, HOLDER)
     w = queue_waiter(state, 0.0)
-    assert state.refusal() == "exhausted"
+    assert state.refuse() == "exhausted"
     state.leave(w, 0.1)
-    assert state.waiting == 0 and state.refusal() is None
+    assert state.waiting == 0 and state.refuse() is None
     assert state.counters.exhausted == 1
 
 
@@ -163,11 +170,11 @@ def test_a_connection_returned_after_its_lifetime_while_a_waiter_is_queued() -> 
     once for the waiter; the waiter is not given the expired connection."""
     state = make_state(max_size=1, max_lifetime=10.0)
     add_idle(state)
-    rec = state.take(0.0)
+    rec = state.take(0.0, HOLDER)
     assert rec is not None
     w = queue_waiter(state, 5.0)
     plan = state.release(rec, 11.0, None)
-    assert plan.close == [(rec, "lifetime")]
+    assert closed(plan) == [(rec.conn, "lifetime")]
     assert len(plan.connect) == 1 and w.rec is None
     assert state.counters.discarded["lifetime"] == 1 and not state.held
 
@@ -175,28 +182,28 @@ def test_a_connection_returned_after_its_lifetime_while_a_waiter_is_queued() -> 
 def test_put_back_leaves_expired_invalidated_or_surplus_connections_to_release() -> None:
     state = make_state(max_size=2, max_lifetime=10.0)
     add_idle(state, n=2)
-    a, b = state.take(0.0), state.take(0.0)
+    a, b = state.take(0.0, HOLDER), state.take(0.0, HOLDER)
     assert a is not None and b is not None
     assert state.put_back(a, 20.0) is SLOW  # expired
     state.invalidate(0.0)
     assert state.put_back(b, 1.0) is SLOW  # from before invalidate()
-    assert state.release(b, 1.0, None).close == [(b, "invalidated")]
+    assert closed(state.release(b, 1.0, None)) == [(b.conn, "invalidated")]
 
 
 def test_release_with_a_reason_discards_and_replaces() -> None:
     state = make_state(min_size=1, max_size=1)
     add_idle(state)
-    rec = state.take(0.0)
+    rec = state.take(0.0, HOLDER)
     assert rec is not None
     plan = state.release(rec, 0.1, "error")
-    assert plan.close == [(rec, "error")] and len(plan.connect) == 1
+    assert closed(plan) == [(rec.conn, "error")] and len(plan.connect) == 1
 
 
 def test_a_disconnect_makes_every_open_connection_suspect() -> None:
     state = make_state(max_size=2)
     a, b = add_idle(state, n=2)
     state.disconnect()
-    assert state.take(0.1) is None  # the warmest must be checked first
+    assert state.take(0.1, HOLDER) is None  # the warmest must be checked first
     assert state.vet_reason(b, 0.1) == "check" and a.suspect
 
 
@@ -216,7 +223,7 @@ def test_filling_to_min_size_is_staggered_but_replacements_start_at_once() -> No
     assert len(state.plan_connects(1.1).connect) == 1
     state.connecting.clear()
     add_idle(state, 1.2)
-    rec = state.take(1.2)
+    rec = state.take(1.2, HOLDER)
     assert rec is not None
     plan = state.release(rec, 1.21, "error")  # a replacement skips the stagger
     assert len(plan.connect) == 1
@@ -224,15 +231,15 @@ def test_filling_to_min_size_is_staggered_but_replacements_start_at_once() -> No
 
 def test_a_never_wait_get_still_starts_a_connect() -> None:
     state = make_state(max_size=2, max_waiting=0)
-    assert state.refusal() == "exhausted"
+    assert state.refuse() == "exhausted"
     assert len(state.no_wait(0.0).connect) == 1
 
 
 def test_failed_connects_back_off_but_waiters_retry_every_waiter_retry() -> None:
     state = make_state(max_size=2, reconnect_delay=5.0)
     attempt = state.plan_connects(0.0, extra=1).connect[0]
-    outcome, plan = state.connect_done(attempt, None, OSError("refused"), 0.0)
-    assert outcome == "failed" and "failed" in plan.events
+    plan = state.connect_done(attempt, None, OSError("refused"), 0.0)
+    assert PoolEvent.FAILED in plan.events and not plan.close
     assert not state.plan_connects(0.1, extra=0).connect  # background: respects backoff
     state.wait(Waiter(0.1), 0.1, False)
     assert not state.plan_connects(0.1).connect
@@ -245,8 +252,8 @@ def test_a_new_connection_refused_at_its_first_hand_out_counts_as_a_failed_conne
         (rec,) = add_idle(state, now=float(i))
         state.take_any()
         state.drop(rec, "check", float(i))
-    assert state.counters.connect_failures == 2 and state.rejected == 2
-    assert state.down and state.next_attempt_at > 1.0
+    assert state.counters.connect_failures == 2 and state.health.rejected == 2
+    assert state.health.down and state.health.retry_at > 1.0
 
 
 def test_the_backend_is_down_after_fail_fast_after_failures_and_waiters_fail() -> None:
@@ -256,50 +263,51 @@ def test_the_backend_is_down_after_fail_fast_after_failures_and_waiters_fail() -
     for t in (0.0, 1.0):
         state.connecting.clear()
         attempt = state.plan_connects(t + WAITER_RETRY).connect[0]
-        _, plan = state.connect_done(attempt, None, OSError("refused"), t + WAITER_RETRY)
-    assert state.down and "down" in plan.events
-    assert plan.wake == [w] and w.error is not None and state.waiting == 0
-    assert state.refusal() == "down"
+        plan = state.connect_done(attempt, None, OSError("refused"), t + WAITER_RETRY)
+    assert state.health.down and PoolEvent.DOWN in plan.events
+    assert plan.wake == [w] and w.refused is not None and state.waiting == 0
+    assert state.refuse() == "down"
 
 
 def test_a_connect_finished_after_close_or_invalidate_is_not_kept() -> None:
     state = make_state(max_size=2)
     a = state.plan_connects(0.0, extra=1).connect[0]
     state.invalidate(0.0)
-    assert state.connect_done(a, object(), None, 0.1)[0] == "invalidated"
+    conn = object()
+    assert closed(state.connect_done(a, conn, None, 0.1)) == [(conn, "invalidated")]
     b = state.plan_connects(0.2, extra=1).connect[0]
     state.close(0.2)
-    assert state.connect_done(b, object(), None, 0.3)[0] == "closed"
+    assert closed(state.connect_done(b, conn, None, 0.3)) == [(conn, "closed")]
 
 
 # ---------------------------------------------------------------------- whole-pool changes
 def test_close_fails_waiters_and_closes_idle_and_returns_later() -> None:
     state = make_state(max_size=2)
     a, _ = add_idle(state, n=2)
-    held = state.take(0.0)
+    held = state.take(0.0, HOLDER)
     w = queue_waiter(state, 0.0)
     plan = state.close(0.1)
-    assert plan.wake == [w] and w.error is not None
-    assert [r for r, _ in plan.close] == [a] and not state.idle
+    assert plan.wake == [w] and w.refused is not None
+    assert [c for c, _ in closed(plan)] == [a.conn] and not state.idle
     assert held is not None
-    assert state.release(held, 0.2, None).close == [(held, "closed")]
+    assert closed(state.release(held, 0.2, None)) == [(held.conn, "closed")]
 
 
 def test_resize_down_closes_surplus_idle_and_slows_returns_until_within_bounds() -> None:
     state = make_state(max_size=3)
     add_idle(state, n=3)
-    a, b = state.take(0.0), state.take(0.0)
+    a, b = state.take(0.0, HOLDER), state.take(0.0, HOLDER)
     plan = state.resize(0, 1, 0.0)
     assert len(plan.close) == 1 and state.open_count == 2 and not state.fast_put
     assert a is not None and state.put_back(a, 0.1) is SLOW
-    assert state.release(a, 0.1, None).close == [(a, "idle")]
+    assert closed(state.release(a, 0.1, None)) == [(a.conn, "idle")]
     assert state.fast_put and b is not None and state.put_back(b, 0.2) is None
 
 
 def test_after_fork_the_child_forgets_every_inherited_connection() -> None:
     state = make_state(max_size=3)
     add_idle(state, n=2)
-    held = state.take(0.0)
+    held = state.take(0.0, HOLDER)
     queue_waiter(state, 0.0)
     inherited = state.after_fork(PID + 1)
     assert len(inherited) == 2
@@ -314,7 +322,7 @@ def test_due_closes_expired_idle_connections_and_says_when_next() -> None:
     add_idle(state, 0.0)
     add_idle(state, 5.0)
     plan, next_at = state.due(11.0)
-    assert [reason for _, reason in plan.close] == ["lifetime"]
+    assert [reason for _, reason in closed(plan)] == ["lifetime"]
     assert next_at == pytest.approx(15.0)
 
 
@@ -322,7 +330,7 @@ def test_due_reaps_the_coldest_connections_above_min_size_only() -> None:
     state = make_state(min_size=1, max_size=3, max_idle=10.0)
     cold, mid, warm = add_idle(state, 0.0, n=3)
     plan, _ = state.due(20.0)
-    assert [r for r, _ in plan.close] == [cold, mid]
+    assert [c for c, _ in closed(plan)] == [cold.conn, mid.conn]
     assert list(state.idle) == [warm]
 
 
@@ -354,7 +362,7 @@ def test_keepalive_pings_due_connections_but_leaves_one_for_callers() -> None:
     recs = add_idle(state, 0.0, n=3)
     plan, _ = state.due(6.0)
     assert plan.ping == recs[:2] and list(state.idle) == [recs[2]]
-    assert state.ping_done(recs[0], 6.1, None).close == ()
+    assert not state.ping_done(recs[0], 6.1, None).close
     assert state.idle[0] is recs[0]  # back at the cold end
 
 
@@ -362,6 +370,85 @@ def test_a_connection_opened_for_a_waiter_goes_to_it_and_no_extra_connect_starts
     state = make_state(max_size=4, fair_after=10.0)
     w: Waiter[object] = Waiter(0.0)
     (attempt,) = state.wait(w, 0.0, first=False).connect
-    outcome, plan = state.connect_done(attempt, object(), None, 0.001)
-    assert outcome == "keep" and plan.wake == [w] and w.rec is not None
+    plan = state.connect_done(attempt, object(), None, 0.001)
+    assert not plan.close and plan.wake == [w] and w.rec is not None
     assert not plan.connect and not state.connecting and not state.idle
+
+
+# ---------------------------------------------------------------------- the hot path's copies
+class _SlowPaths:
+    """Checkout's pool: records what was left to the slow paths."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def _check_fork(self) -> None:
+        self.calls.append("fork")
+
+    def _acquire_slow(self, timeout: float | None, start: float) -> Conn[object]:
+        self.calls.append("acquire")
+        return Conn(object(), start, INF, 0, PID)
+
+    def _after_put_back(self, todo: object) -> None:
+        self.calls.append(f"after:{type(todo).__name__}")
+
+    def _release(self, rec: Conn[object], exc: BaseException | None, now: float) -> None:
+        self.calls.append("release")
+
+    def _reclaim_leaked(self, rec: Conn[object]) -> None:
+        self.calls.append("leaked")
+
+
+def _fields(state: PoolState[object]) -> tuple[Any, ...]:
+    """Everything take/put_back may change, records by position (their ids differ)."""
+    c = state.counters
+
+    def rec(r: Conn[object]) -> tuple[Any, ...]:
+        return tuple(getattr(r, f) for f in Conn.__slots__ if f not in ("id", "conn"))
+
+    return (
+        [rec(r) for r in state.idle],
+        sorted(rec(r) for r in state.held),
+        state.waiting,
+        tuple(getattr(c, f) for f in c.__slots__ if f != "discarded"),
+        state.handoff_pending,
+    )
+
+
+@pytest.mark.parametrize("lifo", [True, False])
+@pytest.mark.parametrize("case", ["fresh", "stale", "waiter", "expired"])
+def test_checkout_inlines_take_and_put_back_exactly(
+    monkeypatch: pytest.MonkeyPatch, lifo: bool, case: str
+) -> None:
+    """Checkout's enter/exit (the hot path, inlined) change the state as take()/put_back()."""
+    now = 2.0 if case == "stale" else 0.5
+    monkeypatch.setattr(_state_module, "_monotonic", lambda: now)
+    monkeypatch.setattr(_state_module, "getcurrent", lambda: HOLDER)
+    monkeypatch.setattr(_state_module, "_getpid", lambda: PID)
+    twins = []
+    for _ in range(2):
+        state = make_state(max_size=3, lifo=lifo, fair_after=0.0, max_lifetime=1.0)
+        add_idle(state, 0.0)
+        add_idle(state, 0.1)
+        twins.append(state)
+    by_method, by_checkout = twins
+    pool = _SlowPaths()
+    checkout = Checkout(pool, by_checkout, None)
+    conn = checkout.__enter__()
+    rec = by_method.take(now, HOLDER)
+    assert (rec is None) == (pool.calls == ["acquire"])
+    assert _fields(by_method) == _fields(by_checkout)
+    if rec is None:
+        return
+    assert rec.conn is not conn  # twins: their own objects
+    if case == "waiter":
+        for state in twins:
+            queue_waiter(state, 0.0)
+    if case == "expired":
+        now = 1.5
+    checkout.__exit__(None, None, None)
+    answer = by_method.put_back(rec, now)
+    expected = {None: [], SLOW: ["release"]}.get(answer, [f"after:{type(answer).__name__}"])
+    assert pool.calls == expected, (answer, pool.calls)
+    if answer is not SLOW:
+        assert _fields(by_method) == _fields(by_checkout)

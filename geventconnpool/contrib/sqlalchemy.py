@@ -60,8 +60,9 @@ from sqlalchemy.pool.base import _ConnectionRecord
 from .. import _fork
 from .._options import check_int
 from .._probe import socket_is_quiet
+from .._state import Checkout
 from ..errors import PoolClosed, PoolError, PoolExhausted, PoolTimeout, PoolUnavailable
-from ..pool import ConnectionPool, _Checkout
+from ..pool import ConnectionPool
 from ..stats import PoolStats
 
 __all__ = [
@@ -243,7 +244,7 @@ class GeventPool(Pool):
             self._options["name"] = self._orig_logging_name
         self._first_connect = gevent.lock.Semaphore()  # see _new_record
         self._connected_once = False
-        self._out: dict[ConnectionPoolEntry, _Checkout[_ConnectionRecord]] = {}
+        self._out: dict[ConnectionPoolEntry, Checkout[_ConnectionRecord]] = {}
         self._inner = _RecordPool(self, **self._options)
         self._options["name"] = self._inner.name  # a recreated pool keeps the name
 
