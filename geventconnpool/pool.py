@@ -341,9 +341,10 @@ class ConnectionPool(PoolOptions, Hooks[C]):
         except Exception:
             self._log.debug("checkout check failed on connection #%d", rec.id, exc_info=True)
             reason = "check"
-        except BaseException:
+        except BaseException as exc:  # to the caller; a hook's own failure is a failed check
             if not self._forked_meanwhile(rec):
-                self._apply(state.drop(rec, "interrupted", _monotonic()))
+                why = "interrupted" if is_interrupt(exc) else "check"
+                self._apply(state.drop(rec, why, _monotonic()))
             raise
         if self._forked_meanwhile(rec):
             return False

@@ -19,28 +19,6 @@ QUICK_CHECKOUTS = 20_000
 QUICK_GETS = 20_000  # 10,000 time out, 10,000 are killed
 QUICK_HOOK_SECONDS = 2.0
 
-# Defects of today's core that these runs catch; the lead removes the marks once branch core (which
-# fixes them) is merged: strict, so a fixed defect turns its test red until the mark goes.
-DEFECT_1 = pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="issue 19 defect 1, fixed in branch core"
-)
-DEFECT_2 = pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="issue 19 defect 2, fixed in branch core"
-)
-CHECKOUT_STORM = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 19 'BaseException from every hook': a new connection whose first _check or "
-    "_on_acquire raises a BaseException is replaced at once, without backoff (an Exception "
-    "backs off); not fixed in branch core as of 98576a5",
-)
-HOOK_MARKS = {
-    "_new_connection": DEFECT_2,
-    "_on_connect": DEFECT_2,
-    "_check": CHECKOUT_STORM,
-    "_on_acquire": CHECKOUT_STORM,
-}
-
 
 def assert_promises_kept(r: ScenarioResult) -> None:
     where = f"{r.scenario}/{r.backend}"
@@ -75,7 +53,6 @@ def test_quick_soak_counters_add_up_and_nothing_leaks() -> None:
     assert r.passed, r.problems
 
 
-@DEFECT_1
 def test_quick_exhausted_pool_keeps_memory_flat_and_loses_no_slot() -> None:
     r = run_exhaustion(QUICK_GETS, max_seconds=60.0)
     assert r.gave_up >= QUICK_GETS and not r.handed_out and not r.late
@@ -84,7 +61,7 @@ def test_quick_exhausted_pool_keeps_memory_flat_and_loses_no_slot() -> None:
     assert r.passed, r.problems
 
 
-@pytest.mark.parametrize("hook", [pytest.param(h, marks=HOOK_MARKS.get(h, ())) for h in HOOKS])
+@pytest.mark.parametrize("hook", [pytest.param(h) for h in HOOKS])
 def test_quick_hook_raising_a_base_exception_causes_no_storm_and_loses_no_slot(hook: str) -> None:
     r = run_hook(hook, QUICK_HOOK_SECONDS)
     assert r.raised, f"{hook} was never called while it was to raise"

@@ -266,14 +266,14 @@ class GeventPool(Pool):
 
     # ------------------------------------------------------------------ Pool protocol
     def _do_get(self) -> _ConnectionRecord:
-        """Check a record out of our pool; a record SQLAlchemy already condemned is discarded
+        """Check a entry out of our pool; a entry SQLAlchemy already condemned is discarded
         and the next one taken (under the same deadline)."""
         inner = self._inner
         deadline = None if inner.timeout is None else time.monotonic() + inner.timeout
         checkout = inner.get()  # the first try: pool_timeout, as the error message says
         while True:
             try:
-                rec = checkout.__enter__()
+                entry = checkout.__enter__()
             except PoolClosed as err:
                 if inner is self._inner:
                     raise _translate(err) from err.__cause__
@@ -282,16 +282,16 @@ class GeventPool(Pool):
                 continue
             except PoolError as err:
                 raise _translate(err) from err.__cause__
-            if self._stale(rec):  # invalidated by an older _invalidate() while idle: rare
-                checkout.__exit__(_Invalidated, _Invalidated("stale record"), None)
+            if self._stale(entry):  # invalidated by an older _invalidate() while idle: rare
+                checkout.__exit__(_Invalidated, _Invalidated("stale entry"), None)
                 checkout = inner.get(_left(deadline))
                 continue
-            # SQLAlchemy skips the pre-ping on a record's first checkout ("fresh"), right for
+            # SQLAlchemy skips the pre-ping on a entry's first checkout ("fresh"), right for
             # QueuePool, which connects at checkout; ours opens min_size connections ahead of
             # use, which may have died idle since. One ping more per connection, at most.
-            rec.fresh = False
-            self._out[rec] = checkout
-            return rec
+            entry.fresh = False
+            self._out[entry] = checkout
+            return entry
 
     def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
         """A record comes back (SQLAlchemy has reset it): kept, or discarded if invalidated."""
