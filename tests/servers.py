@@ -242,19 +242,33 @@ class SentinelServer:
     def __init__(self, binary: str, workdir: str, service: str, master: tuple[str, int]) -> None:
         self.binary = binary
         self.workdir = workdir
+        self.service = service
         self.port = free_port()
+        self.myid = os.urandom(20).hex()
         self.config = os.path.join(workdir, "sentinel.conf")
         Path(self.config).write_text(
             f"port {self.port}\n"
             f"bind {LOOPBACK}\n"
             f"dir {workdir}\n"
             "daemonize no\n"
+            f"sentinel myid {self.myid}\n"
             f"sentinel monitor {service} {master[0]} {master[1]} 2\n"
             f"sentinel down-after-milliseconds {service} 1000\n"
             f"sentinel failover-timeout {service} 10000\n"
             f"sentinel parallel-syncs {service} 1\n"
         )
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def know(self, peers: list[SentinelServer]) -> None:
+        """Name the other sentinels in the configuration (before :meth:`start`): otherwise
+        each learns of the others from their hello messages, sent every 2 seconds."""
+        with open(self.config, "a") as config:
+            for peer in peers:
+                if peer is not self:
+                    config.write(
+                        f"sentinel known-sentinel {self.service} {LOOPBACK} {peer.port} "
+                        f"{peer.myid}\n"
+                    )
 
     @property
     def address(self) -> tuple[str, int]:
@@ -298,16 +312,21 @@ class SentinelCluster:
 
     def __init__(self, binary: str, workdir: str) -> None:
         self.workdir = workdir
-        self.master = RedisServer(binary, self._dir("master"))
+        # A master starts a diskless full sync 5 s after a replica asks (in case more come):
+        # without the wait, the replica is in sync in milliseconds (either may be the master).
+        no_wait = ("--repl-diskless-sync-delay", "0")
+        self.master = RedisServer(binary, self._dir("master"), extra_args=no_wait)
         self.replica = RedisServer(
             binary,
             self._dir("replica"),
-            extra_args=("--replicaof", LOOPBACK, str(self.master.port)),
+            extra_args=(*no_wait, "--replicaof", LOOPBACK, str(self.master.port)),
         )
         self.sentinels = [
             SentinelServer(binary, self._dir(f"sentinel{i}"), self.service, self.master.address)
             for i in range(3)
         ]
+        for sentinel in self.sentinels:
+            sentinel.know(self.sentinels)
 
     def _dir(self, name: str) -> str:
         path = os.path.join(self.workdir, name)
@@ -863,9 +882,10 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory, tls_ca: Any) -> Iterator
         server.stop()
 
 
-@pytest.fixture
-def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelCluster]:
-    """A master, a replica and three sentinels of this test's own (it may fail them over)."""
+@contextlib.contextmanager
+def sentinel_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelCluster]:
+    """A started :class:`SentinelCluster`, stopped on exit; skips (fails in CI) without
+    redis-server. For fixtures of any scope."""
     binary = redis_binary()
     if binary is None:
         server_missing("redis-server")
@@ -875,6 +895,13 @@ def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sentine
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelCluster]:
+    """A master, a replica and three sentinels of this test's own (it may fail them over)."""
+    with sentinel_cluster(tmp_path_factory) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")
