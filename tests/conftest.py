@@ -21,7 +21,15 @@ from geventconnpool.testing import FaultProxy, PingServer, ping
 
 from .servers import wait_until
 
-__all__ = ["FakeConn", "FakePool", "SocketPool", "live_greenlets", "wait_until", "warmest"]
+__all__ = [
+    "FakeConn",
+    "FakePool",
+    "SocketPool",
+    "hold",
+    "live_greenlets",
+    "wait_until",
+    "warmest",
+]
 
 
 #: Fixtures that start a real server (tests/servers.py) or need an optional extra: a test using
@@ -168,6 +176,17 @@ class FakePool(ConnectionPool[FakeConn]):
 def live_greenlets() -> set[int]:
     """Ids of the gevent greenlets started and not finished: what a pool runs in the background."""
     return {id(g) for g in gc.get_objects() if isinstance(g, gevent.Greenlet) and g}
+
+
+def hold(pool: Any, started: Event, release: Event) -> Any:
+    """A greenlet that takes a connection and keeps it until ``release`` is set."""
+
+    def run() -> None:
+        with pool.get():
+            started.set()
+            release.wait()
+
+    return gevent.spawn(run)
 
 
 def warmest(pool: ConnectionPool[Any]) -> Any:
