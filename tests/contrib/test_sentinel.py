@@ -95,8 +95,9 @@ def test_a_replica_is_a_failed_connect_never_a_connection(
 
     pool = Misled(cluster.sentinel_addresses, cluster.service, size=1, watch=False, **FAST)
     closing.append(pool)
-    with pytest.raises(PoolTimeout):
-        pool.get(1.0).__enter__()
+    wait_until(lambda: len(refused) >= 2, 5, "two connects refused as not the master")
+    with pytest.raises(PoolTimeout):  # and a get() is never handed the replica
+        pool.get(0.05).__enter__()
     assert refused and "not the master" in str(refused[0])
     assert pool.stats().connect_failures >= len(refused) and pool.stats().open == 0
 
