@@ -209,13 +209,12 @@ class _Redis:
     def start(self) -> None:
         import subprocess
 
-        from bench.servers import HOST, wait_listening
+        from bench.servers import redis_command, wait_listening
 
-        cmd = [self.binary, "--save", "", "--appendonly", "no", "--port", str(self.port)]
-        cmd += ["--bind", HOST, "--daemonize", "no"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if not wait_listening(self.port, 10.0):
-            raise RuntimeError(f"redis-server did not listen on port {self.port}")
+        cmd = redis_command(self.binary, self.port)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = proc
+        wait_listening(self.port, proc, 10.0)
 
     def kill(self) -> None:
         proc = self.proc

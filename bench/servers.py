@@ -1,7 +1,10 @@
 """The server the children talk to: a real redis-server, or the embedded PING server.
 
 Either runs in its own process on 127.0.0.1 and a free port, pinned to its own CPU (and the
-children to another) when ``taskset`` and two CPUs exist.
+children to another) when ``taskset`` and two CPUs exist. The embedded one is
+``geventconnpool.testing.PingServer`` (on the same ``LoopbackServer`` base as the tests'
+in-process servers), run alone by ``bench/embedded.py``; this module only starts and stops
+processes: :func:`redis_command` and :func:`wait_listening` serve ``bench.replicas`` too.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 from geventconnpool.testing import free_port
 
 REPO = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
 APT_HINT = "sudo apt-get install -y redis-server"
 
 
@@ -53,17 +57,24 @@ def cpu_prefixes(pin: bool) -> tuple[tuple[str, ...], tuple[str, ...], str]:
     return server, client, f"server on CPU {cpus[0]}, clients on CPU {cpus[1]}"
 
 
+def redis_command(binary: str, port: int) -> list[str]:
+    """A throwaway redis-server on ``HOST:port``: no persistence, in the foreground."""
+    return [binary, "--save", "", "--appendonly", "no", "--bind", HOST, "--port", str(port)]
+
+
 def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    """Return once something accepts connections on ``port``; raise if it never does."""
+    """Return once something accepts connections on ``port``; kill ``proc`` and raise if it
+    exits or never does."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            socket.create_connection((HOST, port), timeout=0.2).close()
             return
         except OSError:
             time.sleep(0.01)
     proc.kill()
-    raise RuntimeError(f"the server did not listen on 127.0.0.1:{port} within {timeout} s")
+    proc.wait()
+    raise RuntimeError(f"the server did not listen on {HOST}:{port} within {timeout} s")
 
 
 def open_server(choice: str, pin: bool) -> Server:
@@ -78,8 +89,7 @@ def open_server(choice: str, pin: bool) -> Server:
         cmd = [sys.executable, "-m", "bench.embedded", str(port)]
         kind, version = "embedded", "geventconnpool.testing.PingServer"
     else:
-        cmd = [binary, "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"]
-        cmd += ["--port", str(port)]
+        cmd = redis_command(binary, port)
         out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
         kind, version = "redis", out.stdout.partition(" v=")[2].split(" ")[0] or "?"
     proc = subprocess.Popen([*server_prefix, *cmd], cwd=REPO, stdout=subprocess.DEVNULL)

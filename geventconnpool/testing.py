@@ -3,27 +3,31 @@
 :class:`PingServer` is a tiny Redis-compatible PING/PONG server and :class:`FaultProxy` is a TCP
 proxy that injects network faults (refused connects, hung accepts, blackholes, latency, resets,
 truncated replies) on command, so pool behaviour under failure can be tested without a real
-network.  Everything binds to loopback, runs in gevent greenlets of the calling thread's hub, and
-stops cleanly without leaking file descriptors.
+network.  Both build on :class:`LoopbackServer`, the base for a server of your own (override
+:meth:`~LoopbackServer.serve`), over TCP or TLS.  Everything binds to loopback, runs in gevent
+greenlets of the calling thread's hub, and stops cleanly without leaking file descriptors.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import ssl
 import struct
+import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Protocol
 
 import gevent
+import gevent.ssl
 from gevent import socket as gsocket
 from gevent.event import Event
 from gevent.greenlet import Greenlet
 from greenlet import getcurrent
 from greenlet import greenlet as RawGreenlet
 
-__all__ = ["FaultProxy", "PingServer", "free_port", "open_fds", "ping"]
+__all__ = ["FaultProxy", "LoopbackServer", "PingServer", "free_port", "open_fds", "ping"]
 
 _RECV_SIZE = 65536
 _MAX_INLINE = 64 * 1024  # longest inline command line accepted before replying a protocol error
@@ -127,7 +131,7 @@ class _ServerSide:
 
     __slots__ = ("budget", "closing", "greenlets", "owner", "peer", "socks")
 
-    def __init__(self, owner: _LoopbackServer, sock: gsocket.socket, peer: tuple[str, int]) -> None:
+    def __init__(self, owner: LoopbackServer, sock: gsocket.socket, peer: tuple[str, int]) -> None:
         self.owner = owner
         self.peer = peer
         self.socks: list[gsocket.socket] = [sock]
@@ -137,7 +141,7 @@ class _ServerSide:
 
     @property
     def client(self) -> gsocket.socket:
-        """The accepted (client-facing) socket."""
+        """The accepted (client-facing) socket; the TLS one once the handshake is done."""
         return self.socks[0]
 
     def spawn(self, func: Callable[..., None], *args: object) -> None:
@@ -157,20 +161,40 @@ class _ServerSide:
             for sock in self.socks:
                 _close_socket(sock, rst=rst)
             self.owner._conns.pop(self, None)
+            self.owner._notify()
 
 
-class _LoopbackServer:
-    """Listening socket, accept loop and connection registry shared by the test servers."""
+class LoopbackServer:
+    """A TCP (or TLS) server on loopback, serving each connection in its own greenlet: the base
+    of :class:`PingServer`, :class:`FaultProxy` and servers of your own.
 
-    def __init__(self, host: str, port: int) -> None:
+    Subclass it and override :meth:`serve`; ``start()`` (or ``with``) binds and accepts in the
+    background, :meth:`stop` closes everything. It counts what a test asserts on: connections
+    ``accepted``, open (:attr:`active`, :attr:`peers`), and with ``ssl_context`` (a server-side
+    :class:`ssl.SSLContext`, stdlib or gevent's) TLS ``handshakes``, the ``resumed`` ones and
+    ``failed_handshakes``. :meth:`wait_for` waits for a condition on
+    those, woken by every accept, handshake and close rather than polling.
+    """
+
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, *, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self._host = host
         self._port = port
         self._listener: gsocket.socket | None = None
         self._acceptor: Greenlet[..., None] | None = None
         self._conns: dict[_ServerSide, None] = {}
         self._started = False
+        self._changed = Event()  # set and cleared at once on every accept, handshake and close
+        self.ssl_context = ssl_context
         self.accepted = 0
         """Connections accepted since :meth:`start` (keeps counting across restarts)."""
+        self.handshakes = 0
+        """TLS handshakes that succeeded (with ``ssl_context``)."""
+        self.resumed = 0
+        """Of :attr:`handshakes`, those that resumed a TLS session."""
+        self.failed_handshakes = 0
+        """TLS handshakes that failed; the connection was closed."""
 
     # -- public API -----------------------------------------------------------------------
 
@@ -182,6 +206,11 @@ class _LoopbackServer:
         return (self._host, self._port)
 
     @property
+    def port(self) -> int:
+        """The port of :attr:`address`."""
+        return self.address[1]
+
+    @property
     def active(self) -> int:
         """Number of accepted connections currently open."""
         return len(self._conns)
@@ -191,7 +220,7 @@ class _LoopbackServer:
         """Client ``(ip, port)`` of every open connection, oldest first (a snapshot)."""
         return [conn.peer for conn in self._conns]
 
-    def start(self) -> _LoopbackServer:
+    def start(self) -> LoopbackServer:
         """Bind and start accepting in a background greenlet; returns at once."""
         if self._started:
             raise RuntimeError(f"{type(self).__name__} is already started")
@@ -210,7 +239,22 @@ class _LoopbackServer:
         """Close every open connection now (the server keeps listening); returns how many."""
         return self._close_conns()
 
-    def __enter__(self) -> _LoopbackServer:
+    def wait_for(self, predicate: Callable[[], object], timeout: float = 5.0) -> None:
+        """Wait until ``predicate()`` is true, checking it after every accept, handshake and
+        close; :class:`AssertionError` (naming the predicate) after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{self!r} never matched {predicate} in {timeout:g}s")
+            self._changed.wait(min(left, 0.5))
+
+    def serve(self, sock: gsocket.socket) -> None:
+        """Talk to one client on ``sock`` (TLS once handshaken) until it leaves; the
+        connection is closed when this returns, and an :class:`OSError` ends it quietly."""
+        raise NotImplementedError(f"{type(self).__name__} must override serve()")
+
+    def __enter__(self) -> LoopbackServer:
         return self.start()
 
     def __exit__(
@@ -282,18 +326,52 @@ class _LoopbackServer:
             except OSError:
                 pass
             conn.spawn(self._run_conn, conn)
+            self._notify()
+
+    def _notify(self) -> None:
+        """Wake every :meth:`wait_for`."""
+        self._changed.set()
+        self._changed.clear()
 
     def _run_conn(self, conn: _ServerSide) -> None:
         """Serve one connection and close it when serving ends (unless already being closed)."""
         try:
-            self._serve(conn)
+            if self._handshake(conn):
+                self._serve(conn)
         except OSError:
             pass
         finally:
             conn.close()
 
+    def _handshake(self, conn: _ServerSide) -> bool:
+        """With ``ssl_context``: the server side of the TLS handshake, counted; False if it
+        failed. The TLS socket takes over the accepted one before the handshake can switch
+        away, so that :meth:`_ServerSide.close` closes it even if this greenlet is killed."""
+        if self.ssl_context is None:
+            return True
+        # gevent's SSLSocket, whatever the context (as gevent's own wrap_socket does): the
+        # handshake yields to other greenlets with a stdlib context too.
+        tls = gevent.ssl.SSLSocket(
+            sock=conn.client,
+            server_side=True,
+            do_handshake_on_connect=False,
+            _context=self.ssl_context,
+        )
+        conn.socks[0] = tls
+        try:
+            tls.do_handshake()
+        except (OSError, ValueError):
+            self.failed_handshakes += 1
+            self._notify()
+            return False
+        self.handshakes += 1
+        self.resumed += bool(tls.session_reused)
+        self._notify()
+        return True
+
     def _serve(self, conn: _ServerSide) -> None:
-        raise NotImplementedError
+        """Serve ``conn``: :meth:`serve` on its socket, unless a subclass needs more of it."""
+        self.serve(conn.client)
 
 
 class ProtocolError(ValueError):
@@ -439,7 +517,7 @@ def _hello(args: list[bytes], resp3: bool) -> tuple[bytes, bool]:
     return header + b"".join(_bulk(key) + value for key, value in fields), resp3
 
 
-class PingServer(_LoopbackServer):
+class PingServer(LoopbackServer):
     """Embedded PING/PONG server on loopback, a stand-in for redis-server in tests and benchmarks.
 
     Speaks the Redis inline form (``PING\\r\\n``) and RESP arrays (``*1\\r\\n$4\\r\\nPING\\r\\n``),
@@ -521,7 +599,7 @@ class PingServer(_LoopbackServer):
         return _ERR_UNKNOWN, False
 
 
-class FaultProxy(_LoopbackServer):
+class FaultProxy(LoopbackServer):
     """Fault-injecting TCP proxy on loopback in front of ``target`` ``(host, port)``.
 
     Forwards bytes both ways (two pump greenlets per connection; when either side closes, both

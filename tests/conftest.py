@@ -21,7 +21,59 @@ from geventconnpool.testing import FaultProxy, PingServer, ping
 
 from .servers import wait_until
 
-__all__ = ["FakeConn", "FakePool", "SocketPool", "live_greenlets", "wait_until", "warmest"]
+__all__ = [
+    "FakeConn",
+    "FakePool",
+    "SocketPool",
+    "hold",
+    "live_greenlets",
+    "wait_until",
+    "warmest",
+]
+
+
+#: Fixtures that start a real server (tests/servers.py) or need an optional extra: a test using
+#: one is ``integration``.
+SERVER_FIXTURES = frozenset(
+    {
+        "redis_server",
+        "fresh_redis",
+        "redis_trio",
+        "tls_redis",
+        "redis_sentinel",
+        "postgres_server",
+        "pgbouncer",
+        "tls_ca",
+    }
+)
+#: Markers that name a real server: they make a test ``integration`` too.
+SERVER_MARKERS = frozenset({"redis", "postgres"})
+CONTRIB = Path(__file__).parent / "contrib"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give every test exactly one of ``core`` and ``integration`` (pyproject.toml says what
+    each means), so that ``-m core`` selects by rule rather than by a hand-kept list of files.
+
+    ``integration``: marked so (explicitly or by ``redis``/``postgres``), using a fixture of
+    :data:`SERVER_FIXTURES`, or under tests/contrib. Everything else is ``core``: it runs
+    against the installed package with nothing but the test tools (scripts/ci-package).
+    """
+    for item in items:
+        names = {mark.name for mark in item.iter_markers()}
+        if "core" in names:
+            continue
+        if (
+            "integration" in names
+            or names & SERVER_MARKERS
+            or SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+            or item.path.is_relative_to(CONTRIB)
+        ):
+            if "integration" not in names:
+                item.add_marker(pytest.mark.integration)
+        else:
+            item.add_marker(pytest.mark.core)
 
 
 def pytest_report_header() -> str:
@@ -124,6 +176,17 @@ class FakePool(ConnectionPool[FakeConn]):
 def live_greenlets() -> set[int]:
     """Ids of the gevent greenlets started and not finished: what a pool runs in the background."""
     return {id(g) for g in gc.get_objects() if isinstance(g, gevent.Greenlet) and g}
+
+
+def hold(pool: Any, started: Event, release: Event) -> Any:
+    """A greenlet that takes a connection and keeps it until ``release`` is set."""
+
+    def run() -> None:
+        with pool.get():
+            started.set()
+            release.wait()
+
+    return gevent.spawn(run)
 
 
 def warmest(pool: ConnectionPool[Any]) -> Any:

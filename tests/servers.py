@@ -5,10 +5,11 @@
   ``postgres`` user (via ``runuser``) when we are root, since PostgreSQL refuses root.
 - :class:`PgBouncerServer`: Debian's ``pgbouncer`` in transaction pooling mode in front of it.
 - :class:`SentinelCluster`: a Redis master, a replica and three ``redis-server --sentinel``.
-- :class:`LoopbackServer`: the base of the in-process servers (a gevent ``StreamServer`` on
-  127.0.0.1, TCP or TLS, counting connections and TLS handshakes, full and resumed):
-  :class:`LineServer` (``PING`` -> ``PONG``), :class:`ThriftServer` (a thriftpy2 service),
-  :class:`ScriptedServer` (a canned reply to every request: hostile servers).
+- :class:`LoopbackServer`: the base of the in-process servers, ``geventconnpool.testing``'s
+  (127.0.0.1, TCP or TLS, counting connections and TLS handshakes, full and resumed), started
+  at construction: :class:`LineServer` (``PING`` -> ``PONG``), :class:`ThriftServer` (a
+  thriftpy2 service), :class:`ScriptedServer` (a canned reply to every request: hostile
+  servers).
 
 The pytest fixtures at the bottom start them and stop them at the end (even when tests fail).
 A missing server binary is a test failure when ``CI=true``, a skip with the install command
@@ -33,12 +34,11 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import gevent
-import gevent.event
-import gevent.server
 import gevent.socket
 import gevent.ssl
 import pytest
 
+from geventconnpool import testing
 from geventconnpool.testing import free_port
 
 CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
@@ -242,19 +242,33 @@ class SentinelServer:
     def __init__(self, binary: str, workdir: str, service: str, master: tuple[str, int]) -> None:
         self.binary = binary
         self.workdir = workdir
+        self.service = service
         self.port = free_port()
+        self.myid = os.urandom(20).hex()
         self.config = os.path.join(workdir, "sentinel.conf")
         Path(self.config).write_text(
             f"port {self.port}\n"
             f"bind {LOOPBACK}\n"
             f"dir {workdir}\n"
             "daemonize no\n"
+            f"sentinel myid {self.myid}\n"
             f"sentinel monitor {service} {master[0]} {master[1]} 2\n"
             f"sentinel down-after-milliseconds {service} 1000\n"
             f"sentinel failover-timeout {service} 10000\n"
             f"sentinel parallel-syncs {service} 1\n"
         )
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def know(self, peers: list[SentinelServer]) -> None:
+        """Name the other sentinels in the configuration (before :meth:`start`): otherwise
+        each learns of the others from their hello messages, sent every 2 seconds."""
+        with open(self.config, "a") as config:
+            for peer in peers:
+                if peer is not self:
+                    config.write(
+                        f"sentinel known-sentinel {self.service} {LOOPBACK} {peer.port} "
+                        f"{peer.myid}\n"
+                    )
 
     @property
     def address(self) -> tuple[str, int]:
@@ -298,16 +312,21 @@ class SentinelCluster:
 
     def __init__(self, binary: str, workdir: str) -> None:
         self.workdir = workdir
-        self.master = RedisServer(binary, self._dir("master"))
+        # A master starts a diskless full sync 5 s after a replica asks (in case more come):
+        # without the wait, the replica is in sync in milliseconds (either may be the master).
+        no_wait = ("--repl-diskless-sync-delay", "0")
+        self.master = RedisServer(binary, self._dir("master"), extra_args=no_wait)
         self.replica = RedisServer(
             binary,
             self._dir("replica"),
-            extra_args=("--replicaof", LOOPBACK, str(self.master.port)),
+            extra_args=(*no_wait, "--replicaof", LOOPBACK, str(self.master.port)),
         )
         self.sentinels = [
             SentinelServer(binary, self._dir(f"sentinel{i}"), self.service, self.master.address)
             for i in range(3)
         ]
+        for sentinel in self.sentinels:
+            sentinel.know(self.sentinels)
 
     def _dir(self, name: str) -> str:
         path = os.path.join(self.workdir, name)
@@ -620,76 +639,22 @@ class PgBouncerServer:
 # -- loopback servers run in this process (gevent StreamServer) ----------------------------------
 
 
-class LoopbackServer:
-    """A gevent ``StreamServer`` on 127.0.0.1 that serves each connection with :meth:`serve`,
-    over TCP or TLS; the base of the in-process test servers below.
-
-    Counts ``accepted`` connections, TLS ``handshakes`` (``resumed`` ones, ``failed_handshakes``)
-    as the server sees them, keeps the open ones so a test can close them all
-    (:meth:`close_all`), and sets ``changed`` (an Event, cleared at once) on every change.
-    """
+class LoopbackServer(testing.LoopbackServer):
+    """:class:`geventconnpool.testing.LoopbackServer` on 127.0.0.1, started at construction;
+    with the names the tests use for what the base counts (``open``, ``close_all``)."""
 
     def __init__(self, *, port: int = 0, ssl_context: ssl.SSLContext | None = None) -> None:
-        self.ssl_context = ssl_context
-        self.accepted = 0
-        self.handshakes = 0
-        self.resumed = 0
-        self.failed_handshakes = 0
-        self.open: set[Any] = set()
-        self.changed = gevent.event.Event()  # set on every accept/handshake/close
-        self.server = gevent.server.StreamServer((LOOPBACK, port), self._handle)
-        self.server.start()
-        self.port: int = self.server.server_port
+        super().__init__(LOOPBACK, port, ssl_context=ssl_context)
+        self.start()
 
-    def serve(self, sock: Any) -> None:
-        """Talk to one client until it leaves; OSError ends it quietly."""
-        raise NotImplementedError
-
-    def _notify(self) -> None:
-        self.changed.set()
-        self.changed.clear()
-
-    def _handle(self, sock: Any, address: Any) -> None:
-        self.accepted += 1
-        if self.ssl_context is not None:
-            try:
-                sock = self.ssl_context.wrap_socket(sock, server_side=True)
-            except (OSError, ValueError):
-                self.failed_handshakes += 1
-                self._notify()
-                return
-            self.handshakes += 1
-            self.resumed += bool(sock.session_reused)
-        self.open.add(sock)
-        self._notify()
-        try:
-            self.serve(sock)
-        except OSError:
-            pass
-        finally:
-            self.open.discard(sock)
-            with contextlib.suppress(OSError):
-                sock.close()
-            self._notify()
+    @property
+    def open(self) -> list[tuple[str, int]]:
+        """The client address of every open connection."""
+        return self.peers
 
     def close_all(self) -> None:
         """Close every open connection from the server side (a FIN, like a server restart)."""
-        for sock in list(self.open):
-            with contextlib.suppress(OSError):
-                sock.close()
-
-    def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-        """Wait (on accept/close events) until ``predicate()`` holds; AssertionError if not."""
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"server state never matched: {predicate}")
-            self.changed.wait(min(left, 0.5))
-
-    def stop(self) -> None:
-        self.server.stop(timeout=1)
-        self.close_all()
+        self.drop_all()
 
 
 class LineServer(LoopbackServer):
@@ -863,9 +828,10 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory, tls_ca: Any) -> Iterator
         server.stop()
 
 
-@pytest.fixture
-def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelCluster]:
-    """A master, a replica and three sentinels of this test's own (it may fail them over)."""
+@contextlib.contextmanager
+def sentinel_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelCluster]:
+    """A started :class:`SentinelCluster`, stopped on exit; skips (fails in CI) without
+    redis-server. For fixtures of any scope."""
     binary = redis_binary()
     if binary is None:
         server_missing("redis-server")
@@ -875,6 +841,13 @@ def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sentine
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelCluster]:
+    """A master, a replica and three sentinels of this test's own (it may fail them over)."""
+    with sentinel_cluster(tmp_path_factory) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")

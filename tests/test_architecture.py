@@ -92,6 +92,7 @@ def test_every_option_is_a_constructor_argument_and_a_class_attribute() -> None:
         assert annotated, f"{opt.name} has no type for reading it back"
 
 
+@pytest.mark.integration  # reads the checkout's README.rst
 def test_readme_options_table_lists_exactly_the_options() -> None:
     text = (ROOT / "README.rst").read_text()
     table = text.split("Options\n~~~~~~~", 1)[1].split("\nHooks\n", 1)[0]
@@ -99,6 +100,7 @@ def test_readme_options_table_lists_exactly_the_options() -> None:
     assert rows - {"size", "SPAWN_FREQUENCY"} == {o.name for o in OPTIONS}
 
 
+@pytest.mark.integration  # reads the checkout's README.rst
 def test_option_defaults_in_the_readme_match_the_table() -> None:
     text = (ROOT / "README.rst").read_text()
     for opt in OPTIONS:

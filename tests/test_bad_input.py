@@ -146,6 +146,7 @@ def make_pool_or_reject(option: str, value: Any) -> BadInputPool | None:
         return None
 
 
+@pytest.mark.slow  # 21 options x 25 examples
 @pytest.mark.parametrize("option", CONSTRUCTOR_OPTIONS)
 @EXAMPLES
 @given(value=WEIRD)
@@ -158,6 +159,7 @@ def test_constructor_option_is_rejected_at_once_or_works(option: str, value: Any
     exercise(pool, timeout=value if option == "timeout" else 5.0)
 
 
+@pytest.mark.slow  # 20 options x 25 examples
 @pytest.mark.parametrize("option", CONSTRUCTOR_OPTIONS[1:])
 @EXAMPLES
 @given(value=WEIRD)

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from bench.replicas import kill_and_restart, slow_replica_share
 from geventconnpool import BalancedPool, PoolClosed, PoolUnavailable
 from geventconnpool.balanced import Endpoint
 from tests.conftest import FakeConn, FakePool, wait_until
@@ -343,6 +342,8 @@ def test_killing_a_replica_fails_at_most_its_in_flight_requests(
     redis_trio: list[RedisServer],  # noqa: F811
     use_retry: bool,
 ) -> None:
+    from bench.replicas import kill_and_restart  # the checkout's bench/: integration tests only
+
     endpoints = [s.address for s in redis_trio]
     r = kill_and_restart(endpoints, _killer(redis_trio[1]), redis_trio[1].start,
                          use_retry=use_retry, down=0.5)  # fmt: skip
@@ -358,6 +359,8 @@ def test_killing_a_replica_fails_at_most_its_in_flight_requests(
 def test_a_slow_replica_gets_less_than_60_percent_of_its_fair_share(
     redis_trio: list[RedisServer],  # noqa: F811
 ) -> None:
+    from bench.replicas import slow_replica_share  # the checkout's bench/
+
     r = slow_replica_share([s.address for s in redis_trio], delay=0.002, requests=6000)
     assert r.requests >= 6000
     assert r.slow_share < 0.6 / 3, r

@@ -30,6 +30,7 @@ def assert_promises_kept(r: ScenarioResult) -> None:
     assert r.passed, f"{where}: {r.problems}"
 
 
+@pytest.mark.slow  # 3 s per fault
 @pytest.mark.parametrize("fault", [name for name in FAULTS if name != "baseline"])
 def test_quick_scenario_on_ping_server_never_hangs_overflows_or_leaks(fault: str) -> None:
     assert_promises_kept(run_scenario(fault, "ping", QUICK_SECONDS, quick=True))
@@ -44,6 +45,7 @@ def test_quick_restart_of_real_redis_never_hangs_overflows_or_leaks() -> None:
     assert_promises_kept(run_scenario("restart", "redis", QUICK_SECONDS, quick=True))
 
 
+@pytest.mark.slow  # 20,000 checkouts
 def test_quick_soak_counters_add_up_and_nothing_leaks() -> None:
     r = run_soak(QUICK_CHECKOUTS, max_seconds=60.0, workers=100, every=0.2)
     broken = [i for i in r.identities if not i["holds"]]

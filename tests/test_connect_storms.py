@@ -85,6 +85,7 @@ def test_one_get_opens_few_connections_and_counts_them_as_failed(
     assert len(_warnings(caplog, "")) <= 2  # that line and "backend considered down"
 
 
+@pytest.mark.slow  # 2.5 s of real backoff
 @pytest.mark.parametrize("refuse", HOOKS)
 def test_connects_are_spaced_by_the_backoff(pools: list[Any], refuse: str) -> None:
     """While a caller waits: at least WAITER_RETRY-ish gaps; with nobody waiting: the backoff."""

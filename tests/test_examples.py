@@ -28,6 +28,7 @@ from geventconnpool.testing import PingServer, free_port
 from .conftest import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.integration  # runs the checkout's examples/
 EXAMPLES = ROOT / "examples"
 RUN_TIMEOUT = 60.0  # seconds for one example script
 POOL_SIZE = 3  # PING_POOL_SIZE given to the gunicorn app

@@ -46,12 +46,16 @@ def test_a_releaser_may_take_its_connection_back_ahead_of_a_young_waiter(
     pool = make_fake(1, fair_after=10.0)
     pool.wait_ready(5)
     got: list[FakeConn] = []
+    release = Event()
     with pool.get() as first:
-        waiter = gevent.spawn(_holder, pool, got, Event())
+        waiter = gevent.spawn(_holder, pool, got, release)
         wait_until(lambda: pool.stats().waiting == 1)
     with pool.get(timeout=0) as again:  # no switch since the release: barging is allowed
         assert again is first
+    wait_until(lambda: len(got) == 1, what="the waiter served by the deferred hand-off")
+    release.set()
     waiter.join(5)
+    assert waiter.successful()
     assert got == [first]  # the deferred hand-off served the waiter afterwards
 
 
@@ -59,15 +63,21 @@ def test_a_waiter_older_than_fair_after_gets_the_next_release(make_fake: MakeFak
     pool = make_fake(1, fair_after=0.01)
     pool.wait_ready(5)
     got: list[FakeConn] = []
+    release = Event()
     with pool.get():
-        waiter = gevent.spawn(_holder, pool, got, Event())
+        waiter = gevent.spawn(_holder, pool, got, release)
         wait_until(lambda: pool.stats().waiting == 1)
-        deadline = time.monotonic() + 5
-        while pool.dump().waiters[0].waited_for < 0.02 and time.monotonic() < deadline:
-            gevent.sleep(0.005)
+        wait_until(
+            lambda: pool.dump().waiters[0].waited_for >= 0.02,
+            what="the waiter to be older than fair_after",
+            poll=0.005,
+        )
     with pytest.raises(PoolTimeout), pool.get(timeout=0):
         pass  # the release went straight to the old waiter
+    wait_until(lambda: len(got) == 1, what="the old waiter served")
+    release.set()
     waiter.join(5)
+    assert waiter.successful()
     assert len(got) == 1
 
 

@@ -182,6 +182,7 @@ def test_combine_stats_sums_fields_and_takes_the_max_wait() -> None:
 # -- the total cap, on loopback --------------------------------------------------------------------
 
 
+@pytest.mark.slow  # thousands of keys
 def test_total_cap_is_never_exceeded_across_thousands_of_keys(
     make_map: Callable[..., PoolMap[Any, socket.socket]], meter: Meter, server: PingServer
 ) -> None:
@@ -341,6 +342,7 @@ def test_pools_idle_past_max_pool_idle_are_closed(
     assert m.evicted == 1
 
 
+@pytest.mark.slow  # 2,700 pools under tracemalloc
 def test_memory_is_bounded_by_the_live_pools(
     make_map: Callable[..., PoolMap[Any, socket.socket]], server: PingServer, meter: Meter
 ) -> None:

@@ -16,6 +16,7 @@ from geventconnpool.testing import ping
 
 from .conftest import SocketPool, wait_until
 
+pytestmark = pytest.mark.integration  # needs the prometheus extra
 prometheus_client = pytest.importorskip("prometheus_client")
 from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402

@@ -73,6 +73,7 @@ def test_a_waiter_is_served_soon_after_the_backend_accepts(pools: list[Any]) -> 
     assert len(during) >= 2
 
 
+@pytest.mark.slow  # 2 s of real backoff
 def test_with_nobody_waiting_probing_follows_the_backoff(pools: list[Any]) -> None:
     pool = DownUntilPool(1, reconnect_max_delay=30.0)
     pools.append(pool)
@@ -84,6 +85,7 @@ def test_with_nobody_waiting_probing_follows_the_backoff(pools: list[Any]) -> No
     assert pool.stats().connect_failures == len(pool.starts)
 
 
+@pytest.mark.slow  # 2 s of real backoff
 def test_waiters_retry_every_waiter_retry_whatever_the_backoff(pools: list[Any]) -> None:
     pool = DownUntilPool(1, reconnect_max_delay=30.0)
     pools.append(pool)

@@ -391,6 +391,7 @@ def test_budget_lets_a_flaky_call_succeed_on_retry() -> None:
 # -- the chaos run, short -----------------------------------------------------------------------
 
 
+@pytest.mark.slow  # two 3 s outages
 def test_outage_with_budget_sends_at_most_1_plus_fraction_per_call() -> None:
     from .chaos.budget import compare
 

@@ -18,7 +18,7 @@ import pytest
 from geventconnpool import PoolTimeout
 from geventconnpool.contrib.dbapi import DbApiPool, TransactionLeftOpen, default_name
 from tests.contrib import pg_scenarios
-from tests.servers import PostgresServer
+from tests.servers import PostgresServer, wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(60)]
 
@@ -149,8 +149,9 @@ def test_a_transaction_left_open_by_on_connect_fails_the_connect(
 
     pool = Setup(psycopg2.connect, postgres_server.dsn, size=1)
     closing.append(pool)
-    with pytest.raises(PoolTimeout) as info:
-        pool.wait_ready(timeout=1)
+    wait_until(lambda: pool.stats().connect_failures >= 1, 5, "a failed connect")
+    with pytest.raises(PoolTimeout) as info:  # now, not after waiting out a timeout
+        pool.wait_ready(timeout=0.01)
     assert isinstance(info.value.__cause__, TransactionLeftOpen)
     assert "_on_connect" in str(info.value.__cause__)
 

@@ -1,13 +1,16 @@
 """SentinelRedisPool against real redis-server processes: a master, a replica, three sentinels.
 
-The failover tests force ``SENTINEL FAILOVER`` (and a master crash) under write load, bounded
-in time (tests/contrib/sentinel_load.py), and check failed writes and recovery.
+The tests that leave the cluster as they found it share one (``cluster``, checked intact before
+and after each test); the failover tests each start their own (``redis_sentinel``): they force
+``SENTINEL FAILOVER`` (and a master crash) under write load, bounded in time
+(tests/contrib/sentinel_load.py), and check failed writes and recovery.
 """
 
 from __future__ import annotations
 
 import gc
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import gevent
@@ -24,13 +27,32 @@ from geventconnpool.contrib.sentinel import (
     SentinelRedisPool,
 )
 from geventconnpool.contrib.tcp import SocketConnector
-from tests.servers import SentinelCluster, free_port, resp_call, wait_until
+from tests.servers import SentinelCluster, free_port, resp_call, sentinel_cluster, wait_until
 
 from .sentinel_load import run_failover
 
 pytestmark = pytest.mark.redis
 
 FAST = {"reconnect_delay": 0.02, "reconnect_max_delay": 0.25, "connect_timeout": 1.0}
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelCluster]:
+    """One master, replica and three sentinels for every test of this file that does not fail
+    them over (starting one takes seconds)."""
+    with sentinel_cluster(tmp_path_factory) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster(shared_cluster: SentinelCluster) -> Iterator[SentinelCluster]:
+    """The shared cluster, its master still the master before and after the test: a test that
+    fails it over must take ``redis_sentinel``, a cluster of its own."""
+    assert shared_cluster.master_address() == shared_cluster.master.address
+    yield shared_cluster
+    assert shared_cluster.master_address() == shared_cluster.master.address, (
+        "the test failed the shared cluster over: give it redis_sentinel"
+    )
 
 
 def make_pool(
@@ -42,21 +64,21 @@ def make_pool(
 
 
 def test_connects_to_the_master_the_sentinels_name(
-    redis_sentinel: SentinelCluster, closing: list[ConnectionPool[Any]]
+    cluster: SentinelCluster, closing: list[ConnectionPool[Any]]
 ) -> None:
-    pool = make_pool(redis_sentinel, closing, size=2)
+    pool = make_pool(cluster, closing, size=2)
     with pool.get(5) as conn:
         assert conn.execute("SET", "k", "v") == "OK"
         assert isinstance(conn, SentinelConnection)
-        assert conn.address == redis_sentinel.master.address
-    assert pool.master_address == redis_sentinel.master.address
-    wait_until(lambda: resp_call(redis_sentinel.replica.address, "GET", "k") == b"v", 5, "sync")
+        assert conn.address == cluster.master.address
+    assert pool.master_address == cluster.master.address
+    wait_until(lambda: resp_call(cluster.replica.address, "GET", "k") == b"v", 5, "sync")
 
 
 def test_a_replica_is_a_failed_connect_never_a_connection(
-    redis_sentinel: SentinelCluster, closing: list[ConnectionPool[Any]]
+    cluster: SentinelCluster, closing: list[ConnectionPool[Any]]
 ) -> None:
-    replica = redis_sentinel.replica.address
+    replica = cluster.replica.address
 
     refused: list[NotMasterError] = []
 
@@ -71,41 +93,39 @@ def test_a_replica_is_a_failed_connect_never_a_connection(
                 refused.append(exc)
                 raise
 
-    pool = Misled(
-        redis_sentinel.sentinel_addresses, redis_sentinel.service, size=1, watch=False, **FAST
-    )
+    pool = Misled(cluster.sentinel_addresses, cluster.service, size=1, watch=False, **FAST)
     closing.append(pool)
-    with pytest.raises(PoolTimeout):
-        pool.get(1.0).__enter__()
+    wait_until(lambda: len(refused) >= 2, 5, "two connects refused as not the master")
+    with pytest.raises(PoolTimeout):  # and a get() is never handed the replica
+        pool.get(0.05).__enter__()
     assert refused and "not the master" in str(refused[0])
     assert pool.stats().connect_failures >= len(refused) and pool.stats().open == 0
 
 
 def test_readonly_reply_from_a_replica_raises_readonlyerror(
-    redis_sentinel: SentinelCluster,
+    cluster: SentinelCluster,
 ) -> None:
-    connector = SocketConnector(*redis_sentinel.replica.address)
+    connector = SocketConnector(*cluster.replica.address)
     conn = SentinelConnection(connector.connect(5), connector)
     try:
         with pytest.raises(ReadOnlyError) as info:
             conn.execute("SET", "k", "v")
         assert isinstance(info.value, OSError) and isinstance(info.value, RedisConnectionError)
         assert "READONLY" in str(info.value)
-        assert conn.execute("GET", "k") is None  # reads still work; other errors unchanged
+        # reads still work (a key no test writes: the cluster is shared); other errors unchanged
+        assert conn.execute("GET", "never-written") is None
     finally:
         conn.close()
 
 
 def test_a_dead_sentinel_is_skipped_and_the_answering_one_asked_first(
-    redis_sentinel: SentinelCluster, closing: list[ConnectionPool[Any]]
+    cluster: SentinelCluster, closing: list[ConnectionPool[Any]]
 ) -> None:
     dead = ("127.0.0.1", free_port())
-    pool = SentinelRedisPool(
-        [dead, *redis_sentinel.sentinel_addresses], redis_sentinel.service, size=1, **FAST
-    )
+    pool = SentinelRedisPool([dead, *cluster.sentinel_addresses], cluster.service, size=1, **FAST)
     closing.append(pool)
-    assert pool.discover_master() == redis_sentinel.master.address
-    assert pool.sentinels[0] == redis_sentinel.sentinel_addresses[0]
+    assert pool.discover_master() == cluster.master.address
+    assert pool.sentinels[0] == cluster.sentinel_addresses[0]
     with pool.get(5) as conn:
         assert conn.execute("PING") == "PONG"
 
@@ -122,9 +142,9 @@ def test_no_sentinel_answers_names_the_service_and_fails_the_get() -> None:
 
 
 def test_unknown_service_name_is_not_a_master(
-    redis_sentinel: SentinelCluster, closing: list[ConnectionPool[Any]]
+    cluster: SentinelCluster, closing: list[ConnectionPool[Any]]
 ) -> None:
-    pool = SentinelRedisPool(redis_sentinel.sentinel_addresses, "other", size=1, watch=False)
+    pool = SentinelRedisPool(cluster.sentinel_addresses, "other", size=1, watch=False)
     closing.append(pool)
     with pytest.raises(MasterNotFoundError, match="no master named 'other'"):
         pool.discover_master()
@@ -146,9 +166,9 @@ def test_switch_master_invalidates_connections_to_the_old_master(
 
 
 def test_watchers_hold_no_strong_reference_and_stop_on_close(
-    redis_sentinel: SentinelCluster,
+    cluster: SentinelCluster,
 ) -> None:
-    pool = SentinelRedisPool(redis_sentinel.sentinel_addresses, redis_sentinel.service, size=1)
+    pool = SentinelRedisPool(cluster.sentinel_addresses, cluster.service, size=1)
     with gevent.Timeout(10):
         while pool.master_address is None:  # the watchers' first subscription asks for it
             gevent.sleep(0.01)

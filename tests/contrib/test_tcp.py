@@ -14,7 +14,7 @@ import pytest
 
 from geventconnpool import ConnectionPool, PoolTimeout, PoolUnavailable
 from geventconnpool.contrib.tcp import SslPool, TcpPool, probe_socket, probe_tls_socket
-from tests.servers import LOOPBACK, LineServer, tls_contexts
+from tests.servers import LOOPBACK, LineServer, tls_contexts, wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -414,8 +414,9 @@ def test_tls_verification_error_names_the_address(tls_ca: Any, closing: list[Any
     try:
         pool = SslPool(LOOPBACK, server.port, size=1)  # the default context does not trust tls_ca
         closing.append(pool)
-        with pytest.raises(PoolTimeout) as info:
-            pool.wait_ready(timeout=2)
+        wait_until(lambda: pool.stats().connect_failures >= 1, 5, "a failed TLS connect")
+        with pytest.raises(PoolTimeout) as info:  # now, not after waiting out a timeout
+            pool.wait_ready(timeout=0.01)
         cause = info.value.__cause__
         assert isinstance(cause, ssl.SSLCertVerificationError), repr(cause)
         assert f"127.0.0.1:{server.port}" in str(cause)

@@ -1,8 +1,6 @@
-"""Core defects found by porting redis-py's pool tests (issue 15, defects 2 and 3).
-
-2. A never-wait pool (``max_waiting=0``) still connects on demand and grows to ``max_size``.
-3. A pool whose connect failed is freed by reference counting alone after ``close()`` and
-   ``del``: no reference cycle through the error handed to the caller.
+"""A pool whose connect failed is freed by reference counting alone after ``close()`` and
+``del``: no reference cycle through the error handed to the caller (issue 15, defect 3; the
+never-wait pool of defect 2 is in test_sizing.py).
 """
 
 from __future__ import annotations
@@ -12,67 +10,14 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import gevent
 import pytest
 
-from geventconnpool import PoolExhausted, PoolTimeout, PoolUnavailable
+from geventconnpool import PoolTimeout, PoolUnavailable
 from geventconnpool.testing import free_port
 
 from .conftest import FakePool, SocketPool, wait_until
 
-MakePool = Callable[..., SocketPool]
-MakeFake = Callable[..., FakePool]
 
-
-# --------------------------------------------------------------------------- 2. never wait
-def test_a_never_wait_pool_connects_on_demand(make_pool: MakePool) -> None:
-    pool = make_pool(min_size=0, max_size=3, max_waiting=0)
-    assert pool.stats().open == 0  # min_size=0: nothing opened up front
-    # The first get() may not wait for the connect it starts: it fails at once, as README says.
-    with pytest.raises(PoolExhausted), pool.get():
-        pass
-    assert pool.stats().open == 1  # a connect started (open counts connects in flight)
-    wait_until(lambda: pool.stats().idle == 1, what="the connect the first get() started")
-    for _ in range(4):  # the next calls, 0.2 s apart as in the report, are served
-        gevent.sleep(0.2)
-        with pool.get() as conn:
-            assert conn.fileno() != -1
-    stats = pool.stats()
-    assert (stats.created, stats.acquired, stats.exhausted) == (1, 4, 1)
-
-
-def test_a_never_wait_pool_grows_to_max_size_under_concurrent_demand(make_fake: MakeFake) -> None:
-    pool = make_fake(min_size=0, max_size=3, max_waiting=0)
-    held: list[Any] = []
-    refused = 0
-
-    def take_one() -> bool:
-        nonlocal refused
-        assert pool.stats().open <= 3
-        if len(held) < 3:
-            ctx = pool.get()
-            try:
-                ctx.__enter__()
-                held.append(ctx)
-            except PoolExhausted:
-                refused += 1  # each refusal starts a connect for the next caller
-        return len(held) == 3
-
-    try:
-        wait_until(take_one, 5, "three holders of a never-wait pool")
-        stats = pool.stats()
-        assert stats.open == 3 and stats.in_use == 3 and stats.created == 3
-        assert 1 <= refused == stats.exhausted
-        with pytest.raises(PoolExhausted), pool.get():  # at max_size: refused, no 4th connect
-            pass
-        gevent.sleep(0.05)
-        assert pool.stats().open == 3 and pool.stats().connecting == 0
-    finally:
-        for ctx in held:
-            ctx.__exit__(None, None, None)
-
-
-# --------------------------------------------------------------------------- 3. no cycle
 @pytest.fixture
 def no_gc() -> Iterator[None]:
     """Only reference counting frees objects during the test."""
