@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ._fairness import FLOOR
 from ._hooks import Hooks
 from .errors import DEFAULT_EXC_CLASSES
 
@@ -140,6 +141,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("leak_timeout", None, _seconds(allow_zero=False), False),
     Option("max_connecting", 2, _int(1), True),
     Option("fair_after", 0.03, _seconds(), True),
+    Option("fair_floor", FLOOR, _seconds(), True),
 )
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 
@@ -170,6 +172,7 @@ class PoolOptions:
     leak_timeout: float | None
     max_connecting: int
     fair_after: float
+    fair_floor: float
 
 
 for _opt in OPTIONS:  # sizes and name have no default: they are computed per pool

@@ -219,6 +219,7 @@ class Policy:
         "fail_fast",
         "fail_fast_after",
         "fair_after",
+        "fair_floor",
         "keepalive",
         "keepalive_jitter",
         "leak_timeout",
@@ -256,6 +257,7 @@ class Policy:
     fail_fast: bool
     fail_fast_after: int
     fair_after: float
+    fair_floor: float
     keepalive: float | None
     keepalive_jitter: float
     leak_timeout: float | None

@@ -10,8 +10,8 @@ is one atomic step and the state is consistent between any two of them.
 
 The rules, each in one place:
 
-- who gets a returned connection (fairness, ``fair_after``): :meth:`PoolState._give_back` and
-  :meth:`PoolState.handoff`;
+- who gets a returned connection (fairness: ``fair_after``, ``fair_floor``):
+  :meth:`PoolState._give_back` and :meth:`PoolState.handoff`, the bound in ``_fairness.py``;
 - is a connection still wanted (closed, invalidated, expired, surplus): :meth:`PoolState._unwanted`;
 - may a connection be handed out unchecked: :meth:`PoolState.vet_reason` (and ``Conn.refresh``);
 - when and how many connects start (lazy growth, stagger, backoff): :meth:`PoolState._plan_into`;
@@ -30,6 +30,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from greenlet import getcurrent
 
+from ._fairness import FairBound
 from ._health import REJECTED_MESSAGE, WAITER_RETRY, Health
 from ._records import (
     EMPTY_PLAN,
@@ -79,6 +80,7 @@ class PoolState(Generic[C]):
     """Idle, held, pinging and connecting connections, the waiters, and what they imply."""
 
     def __init__(self, min_size: int, max_size: int, policy: Policy, pid: int) -> None:
+        self.fair = FairBound(policy.fair_after, policy.fair_floor)  # the fairness bound
         self.configure(policy)  # self.policy, and the hot path's copies of two options
         self.min = min_size
         self.max = max_size
@@ -199,15 +201,16 @@ class PoolState(Generic[C]):
 
     def _give_back(self, rec: Conn[C], now: float) -> PutBack[C]:
         """The fairness rule: ``rec`` (held, healthy) goes to the oldest waiter if it waited
-        ``fair_after``, else idle.
+        the fairness bound, else idle.
 
-        Bounded barging: a waiter that has waited less than ``fair_after`` may be overtaken by the
-        releaser or a new caller taking the idle connection on the fast path; the deferred
-        hand-off (:meth:`handoff`) gives whatever is still idle at the end of the loop turn to the
-        waiters, oldest first.
+        Bounded barging: a waiter that has waited less than the bound (``self.fair.bound``:
+        a multiple of the recent mean wait, between ``fair_floor`` and ``fair_after``) may be
+        overtaken by the releaser or a new caller taking the idle connection on the fast path;
+        the deferred hand-off (:meth:`handoff`) gives whatever is still idle at the end of the
+        loop turn to the waiters, oldest first.
         """
         w = self.waiters.first()
-        if w is not None and now - w.since >= self.policy.fair_after:
+        if w is not None and now - w.since >= self.fair.bound:
             self._serve(w, rec)
             return w
         self.held.discard(rec)
@@ -300,6 +303,7 @@ class PoolState(Generic[C]):
         c.acquired += 1
         c.wait_seconds += now - start
         c.wait_max = max(c.wait_max, now - start)
+        self.fair.observe(now, c.acquired, c.wait_seconds)
         back = self.health.served_new()
         if not back and self.policy.leak_timeout is None:
             return EMPTY_PLAN
@@ -661,6 +665,7 @@ class PoolState(Generic[C]):
     def configure(self, policy: Policy) -> None:
         """New option values (an option assigned on a live pool)."""
         self.policy = policy
+        self.fair.resize(policy.fair_after, policy.fair_floor)
         self.lifo = policy.lifo
         self.check_after = policy.check_after
 

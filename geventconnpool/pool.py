@@ -99,6 +99,7 @@ class ConnectionPool(PoolOptions, Hooks[C]):
         leak_timeout: float | None = _UNSET,
         max_connecting: int = _UNSET,
         fair_after: float = _UNSET,
+        fair_floor: float = _UNSET,
         open: bool = True,
     ) -> None:
         require_new_connection(type(self))  # ConnectionPool(5), a misspelt _new_connection

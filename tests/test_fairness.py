@@ -43,7 +43,7 @@ def test_fair_after_is_an_option_with_a_default_and_a_class_attribute() -> None:
 def test_a_releaser_may_take_its_connection_back_ahead_of_a_young_waiter(
     make_fake: MakeFake,
 ) -> None:
-    pool = make_fake(1, fair_after=10.0)
+    pool = make_fake(1, fair_after=10.0, fair_floor=10.0)
     pool.wait_ready(5)
     got: list[FakeConn] = []
     release = Event()
@@ -82,7 +82,7 @@ def test_a_waiter_older_than_fair_after_gets_the_next_release(make_fake: MakeFak
 
 
 def test_a_parked_connection_is_not_lost_when_the_releaser_dies(make_fake: MakeFake) -> None:
-    pool = make_fake(1, fair_after=10.0)
+    pool = make_fake(1, fair_after=10.0, fair_floor=10.0)
     pool.wait_ready(5)
     got: list[FakeConn] = []
     release = Event()
@@ -132,7 +132,7 @@ def test_a_timeout_shorter_than_fair_after_still_fires_on_time(make_fake: MakeFa
 
 @pytest.mark.parametrize("change", ["close", "invalidate", "resize"])
 def test_pending_hand_off_is_reset_by_whole_pool_changes(make_fake: MakeFake, change: str) -> None:
-    pool = make_fake(2, fair_after=10.0)
+    pool = make_fake(2, fair_after=10.0, fair_floor=10.0)
     pool.wait_ready(5)
     errors: list[BaseException] = []
 

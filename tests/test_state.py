@@ -29,6 +29,7 @@ def make_state(min_size: int = 0, max_size: int = 4, **policy: Any) -> PoolState
         "fail_fast": False,
         "fail_fast_after": 3,
         "fair_after": 0.03,
+        "fair_floor": 0.03,  # a fixed bound; the adaptive one has tests of its own
         "keepalive": None,
         "keepalive_jitter": 0.0,
         "leak_timeout": None,

@@ -113,6 +113,7 @@ _OUR_OPTIONS = frozenset(
         "leak_timeout",
         "max_connecting",
         "fair_after",
+        "fair_floor",
     }
 )
 
