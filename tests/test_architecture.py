@@ -22,6 +22,7 @@ LAYERS = {
     "stats": 0,
     "_probe": 0,
     "_backoff": 0,
+    "_fairness": 0,
     "_records": 1,
     "_fork": 1,
     "budget": 1,
