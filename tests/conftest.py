@@ -175,7 +175,7 @@ class FakePool(ConnectionPool[FakeConn]):
 
 def live_greenlets() -> set[int]:
     """Ids of the gevent greenlets started and not finished: what a pool runs in the background."""
-    return {id(g) for g in gc.get_objects() if isinstance(g, gevent.Greenlet) and g}
+    return {id(g) for g in gc.get_objects() if issubclass(type(g), gevent.Greenlet) and g}
 
 
 def hold(pool: Any, started: Event, release: Event) -> Any:

@@ -95,7 +95,7 @@ def live_greenlets() -> set[greenlet.greenlet]:
     return {
         g
         for g in gc.get_objects()
-        if isinstance(g, greenlet.greenlet) and not g.dead and g is not hub and g is not me
+        if issubclass(type(g), greenlet.greenlet) and not g.dead and g is not hub and g is not me
     }
 
 
