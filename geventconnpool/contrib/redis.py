@@ -28,7 +28,7 @@ import gevent.ssl
 from .._probe import FdProbe
 from ..errors import PoolError
 from ..pool import ConnectionPool
-from ._redis_url import parse_redis_url
+from ._redis_url import MAX_DB, parse_redis_url
 from ._resp import (
     Arg,
     BusyLoadingError,
@@ -411,8 +411,11 @@ class RedisPool(ConnectionPool[RedisConnection]):
         ssl_context: Any,
         server_hostname: Any,
     ) -> None:
-        if isinstance(db, bool) or not isinstance(db, int) or db < 0:
-            raise ValueError(f"db must be a non-negative int, got {db!r}")
+        if isinstance(db, bool) or not isinstance(db, int) or not 0 <= db <= MAX_DB:
+            raise ValueError(
+                f"db must be an int in 0..{MAX_DB} (Redis's SELECT takes a 32-bit index), "
+                f"got {db!r}"
+            )
         _check_type("username", username, str, "a str")
         _check_type("password", password, str, "a str")  # the value itself is never shown
         _check_type("client_name", client_name, str, "a str")
