@@ -51,8 +51,9 @@ def commands(sock: Any) -> Any:
             command = reader.read()
         except RedisConnectionError:
             return
-        if isinstance(command, list):
-            yield [c.upper() if isinstance(c, bytes) else c for c in command[:2]] + command[2:]
+        if isinstance(command, list) and command:
+            name = command[0].upper() if isinstance(command[0], bytes) else command[0]
+            yield [name, *command[1:]]
 
 
 class FakeSentinel(LoopbackServer):
@@ -74,7 +75,7 @@ class FakeSentinel(LoopbackServer):
         pusher = None
         try:
             for command in commands(sock):
-                if command[:2] == [b"SENTINEL", b"GET-MASTER-ADDR-BY-NAME"]:
+                if command[0] == b"SENTINEL" and command[1:2] == [b"get-master-addr-by-name"]:
                     self.asked += 1
                     self._notify()
                     if callable(self.answer):
