@@ -308,6 +308,39 @@ class RedisPyConnectionPool(_RedisPyPool):
         """Close the pool for good (redis-py's ``Redis.from_pool()`` client calls this)."""
         self._backend.close()
 
+    # -- credentials: read at each connect ---------------------------------------------------
+
+    @property
+    def username(self) -> str | None:
+        """The user name new connections authenticate with (settable: rotation)."""
+        value: str | None = self.connection_kwargs.get("username")
+        return value
+
+    @username.setter
+    def username(self, value: str | None) -> None:
+        self._set_credential("username", value)
+
+    @property
+    def password(self) -> str | None:
+        """The password new connections authenticate with (settable: rotation; call
+        ``disconnect()`` to replace the open connections too)."""
+        value: str | None = self.connection_kwargs.get("password")
+        return value
+
+    @password.setter
+    def password(self, value: str | None) -> None:
+        self._set_credential("password", value)
+
+    def _set_credential(self, name: str, value: str | None) -> None:
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{name} must be a str or None, not {type(value).__name__}")
+        if self.connection_kwargs.get("credential_provider") is not None:
+            raise AttributeError(
+                f"{name} is ignored while connection_kwargs['credential_provider'] is set: "
+                "rotate the credentials in the provider (redis-py asks it at each connect)"
+            )
+        self.connection_kwargs[name] = value
+
     def set_retry(self, retry: Any) -> None:
         self.connection_kwargs["retry"] = retry
         for conn in list(self._backend.live):
