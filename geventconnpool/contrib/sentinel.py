@@ -32,6 +32,7 @@ import gevent.select
 import gevent.socket
 
 from .. import _backoff
+from .._log import RateLimitedLog
 from ._resp import Arg, ReadOnlyError
 from .redis import (
     RedisConnection,
@@ -225,6 +226,8 @@ class SentinelRedisPool(RedisPool):
         if options.get("tls") and options.get("ssl_context") is None:
             self._connector_options["ssl_context"] = default_ssl_context()
         self._connectors: dict[tuple[str, int], SocketConnector] = {}
+        # A hostile or broken sentinel may send bad messages by the thousand: one line a minute.
+        self._bad_input_log = RateLimitedLog(log, interval=60.0)
         host, port = self.sentinels[0]  # RedisPool wants an address; connects never use it
         super().__init__(host, port, **options)
         self._watchers: list[gevent.Greenlet[..., None]] = []
@@ -323,7 +326,10 @@ class SentinelRedisPool(RedisPool):
         if not isinstance(message, list) or not message or message[0] != b"message":
             return  # a PING reply, a subscription confirmation, ...
         if len(message) != 3 or message[1] != b"+switch-master":
-            log.warning("pool %r: ignoring a malformed sentinel message", self.name)
+            self._bad_input_log.log(
+                logging.WARNING, "message", "pool %r: ignoring a malformed sentinel message",
+                self.name,
+            )  # fmt: skip
             return
         self._switched(message[2])
 
@@ -332,11 +338,12 @@ class SentinelRedisPool(RedisPool):
         (a malformed one is logged and ignored)."""
         switch = parse_switch_master(message)
         if switch is None:
-            log.warning(
+            self._bad_input_log.log(
+                logging.WARNING, "switch",
                 "pool %r: ignoring a malformed +switch-master message %r",
                 self.name,
                 message[:200] if isinstance(message, (bytes, str)) else type(message).__name__,
-            )
+            )  # fmt: skip
             return
         service, old, new = switch
         if service != self.service_name:

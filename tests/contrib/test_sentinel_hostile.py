@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+import tracemalloc
 from collections.abc import Iterator
 from typing import Any
 
@@ -267,3 +268,34 @@ def test_any_watched_message_is_handled_without_raising(message: Any) -> None:
     finally:
         logging.getLogger("geventconnpool").disabled = False
         pool.close()
+
+
+def test_a_flood_of_bad_messages_logs_once_a_minute_in_flat_memory(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A hostile sentinel sending malformed messages by the ten thousand: one WARNING per kind
+    # (rate-limited, the rest counted), and the rate-limited log state does not grow.
+    pool = SentinelRedisPool([(LOOPBACK, 1)], "mymaster", max_size=1, min_size=0, watch=False)
+    bad = [
+        [b"message", b"+switch-master", b"mymaster a b c d %d" % i] if i % 2 else [b"message", i]
+        for i in range(200)
+    ]
+    try:
+        with caplog.at_level(logging.WARNING, logger="geventconnpool"):
+            for message in bad:  # warm up: the state exists
+                pool._on_watch_message(message)
+            tracemalloc.start()
+            try:
+                base = tracemalloc.get_traced_memory()[0]
+                tracemalloc.reset_peak()
+                for i in range(20_000):
+                    pool._on_watch_message(bad[i % len(bad)])
+                grown = tracemalloc.get_traced_memory()[0] - base
+                peak = tracemalloc.get_traced_memory()[1] - base
+            finally:
+                tracemalloc.stop()
+    finally:
+        pool.close()
+    warnings = [r for r in caplog.records if "malformed" in r.getMessage()]
+    assert len(warnings) == 2, [r.getMessage() for r in warnings]  # one per kind
+    assert grown < 8 * 1024 and peak < 64 * 1024, (grown, peak)
