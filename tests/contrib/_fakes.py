@@ -9,6 +9,7 @@ command(s) on each connection from a script of raw replies and then behaves (``P
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -109,15 +110,17 @@ class FakeSentinel(LoopbackServer):
 class HostileRedis(LoopbackServer):
     """Each connection answers its first commands with the next entries of ``script`` (raw
     bytes, or a callable writing to the socket: it may trickle or close), then behaves:
-    ``PING`` -> ``+PONG``, ``ECHO x`` -> ``x``, anything else -> ``+OK``."""
+    ``PING`` -> ``+PONG``, ``ECHO x`` -> ``x``, anything else -> ``+OK``. With ``only``, the
+    script answers only that command (e.g. ``b"GET"``: a client's handshake is left alone)."""
 
-    def __init__(self, script: list[Answer] | None = None) -> None:
+    def __init__(self, script: list[Answer] | None = None, only: bytes | None = None) -> None:
         self.script: list[Answer] = list(script or [])
+        self.only = only  # the command name the script answers (default: any command)
         super().__init__()
 
     def serve(self, sock: Any) -> None:
         for command in commands(sock):
-            if self.script:
+            if self.script and (self.only is None or command[0] == self.only):
                 answer = self.script.pop(0)
                 if callable(answer):
                     answer(sock)
@@ -150,3 +153,32 @@ def close_after(data: bytes) -> Callable[[Any], None]:
         sock.close()
 
     return send
+
+
+class InThread:
+    """Runs a server (made by ``factory``) in its own OS thread with its own gevent hub: for
+    clients whose sockets block the calling thread (redis-py without monkey-patching), which
+    would otherwise never let an in-process gevent server answer."""
+
+    def __init__(self, factory: Callable[[], LoopbackServer]) -> None:
+        self._factory = factory
+        self._ready = threading.Event()
+        self._stop = False
+        self.server: Any = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the server thread did not start")
+
+    def _run(self) -> None:
+        self.server = self._factory()
+        self._ready.set()
+        try:
+            while not self._stop:
+                gevent.sleep(0.02)
+        finally:
+            self.server.stop()
+
+    def stop(self) -> None:
+        self._stop = True
+        self._thread.join(10)

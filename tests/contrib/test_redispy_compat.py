@@ -11,6 +11,8 @@ from typing import Any
 
 import gevent
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 redis = pytest.importorskip("redis")
 
@@ -21,6 +23,8 @@ from geventconnpool import PoolError, PoolTimeout, PoolUnavailable, retry  # noq
 from geventconnpool.contrib import redispy as adapter  # noqa: E402
 from geventconnpool.contrib.redispy import RedisPyConnectionPool  # noqa: E402
 from tests.servers import LOOPBACK, RedisServer, free_port, resp_call  # noqa: E402
+
+from ._fuzz import fuzz  # noqa: E402
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 
@@ -177,3 +181,45 @@ def test_connect_failures_in_the_log_name_the_address_and_errno(
     assert lines, caplog.text
     assert f"{LOOPBACK}:{port}" in lines[0] and "111" in lines[0], lines[0]
     assert "network:ConnectionError" not in caplog.text
+
+
+# -- a hostile server through the adapter ------------------------------------------------------
+
+
+@pytest.fixture
+def hostile() -> Any:
+    from ._fakes import HostileRedis, InThread
+
+    # its own thread: redis-py's sockets block this one (no monkey-patching in the tests)
+    runner = InThread(lambda: HostileRedis(only=b"GET"))
+    yield runner.server
+    runner.stop()
+
+
+@given(garbage=st.binary(max_size=200), close=st.booleans(), token=st.binary(min_size=1))
+@fuzz(50)
+def test_after_any_reply_through_the_adapter_the_next_caller_gets_its_own(
+    hostile: Any, garbage: bytes, close: bool, token: bytes
+) -> None:
+    from ._fakes import close_after
+
+    pool = RedisPyConnectionPool(
+        LOOPBACK,
+        hostile.port,
+        max_size=1,
+        timeout=5,
+        connection_kwargs={"socket_timeout": 0.2, "protocol": 2},  # the fake speaks RESP2
+    )
+    try:
+        client = redis.Redis(connection_pool=pool)
+        hostile.script = [close_after(garbage) if close else garbage + b"\r\n"]
+        started = time.monotonic()
+        try:
+            client.get("k")
+        except (redis.RedisError, UnicodeDecodeError):
+            pass  # redis-py's own parser decides what the garbage means
+        assert time.monotonic() - started < 0.2 + 2.0
+        assert not hostile.script
+        assert client.echo(token) == token
+    finally:
+        pool.close()
