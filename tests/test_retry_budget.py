@@ -517,3 +517,63 @@ def test_budget_memory_is_flat_over_many_operations() -> None:
     assert grown < 2048, f"RetryBudget grew by {grown} bytes over 10**5 operations"
     assert peak < 64 * 1024, f"{peak} bytes allocated at once during 10**5 operations"
     assert budget.granted > 1000 and budget.refused > 1000  # both paths ran
+
+
+class _Counting(logging.Handler):
+    """Counts records by whether they say the budget is exhausted; stores nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refusals = self.others = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "budget exhausted" in record.getMessage():
+            self.refusals += 1
+        else:
+            self.others += 1
+
+
+def test_retry_with_a_spent_budget_logs_once_per_ttl_in_flat_memory() -> None:
+    # 2 x 10**4 failing calls through @retry(budget=): the budget's rate-limited refusal log
+    # writes one line per ttl, and neither the budget nor the decorator keeps anything per call.
+    clock = Clock(0.0)
+    budget = RetryBudget(ttl=1, min_retries_per_sec=1, percent_can_retry=0.1, clock=clock)
+
+    def failing() -> None:
+        raise OSError("down")  # a new one each time (a re-raised one grows its traceback)
+
+    logger = logging.getLogger("geventconnpool.test-budget")
+    counting = _Counting()
+    logger.addHandler(counting)
+    logger.propagate = False
+    call = retry(
+        failing, max_failures=3, budget=budget, sleep=clock.sleep, clock=clock, logger=logger
+    )
+
+    def calls(n: int) -> int:
+        failed = 0
+        for _ in range(n):
+            clock.now += 0.0001  # 10**4 calls per simulated second
+            try:
+                call()
+            except OSError:
+                failed += 1
+        return failed
+
+    try:
+        assert calls(500) == 500
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            tracemalloc.reset_peak()
+            failed = calls(20_000)
+            grown = tracemalloc.get_traced_memory()[0] - base
+            peak = tracemalloc.get_traced_memory()[1] - base
+        finally:
+            tracemalloc.stop()
+    finally:
+        logger.removeHandler(counting)
+        logger.propagate = True
+    assert failed == 20_000 and budget.refused > 10_000
+    assert 1 <= counting.refusals <= clock.now / budget.ttl + 1, (counting.refusals, clock.now)
+    assert grown < 16 * 1024 and peak < 256 * 1024, (grown, peak)
