@@ -31,7 +31,8 @@ def _bool(value: str) -> bool:
 
 def parse_db(value: str) -> int:
     """A database number: ASCII digits, 0..MAX_DB (the URL's path or its ``db`` argument)."""
-    if not (value.isascii() and value.isdigit()) or len(value) > 10 or int(value) > MAX_DB:
+    digits = value.lstrip("0") or "0"  # int("0003") is 3, as redis-py reads it
+    if not (value.isascii() and value.isdigit()) or len(digits) > 10 or int(digits) > MAX_DB:
         raise ValueError(value)
     return int(value)
 

@@ -196,6 +196,7 @@ def test_a_database_number_no_redis_has_is_refused_naming_db(url: str) -> None:
 
 def test_the_largest_database_number_is_accepted_and_the_pool_refuses_beyond() -> None:
     assert parse_redis_url("redis://localhost/2147483647")["db"] == 2**31 - 1
+    assert parse_redis_url("redis://localhost?db=000000000003")["db"] == 3  # as int() reads it
     for db in (2**31, -1, 2**64):
         with pytest.raises(ValueError, match="db"):
             RedisPool("localhost", db=db, size=1, open=False)
