@@ -15,6 +15,8 @@ settings.register_profile("slow", max_examples=2000, deadline=None)
 
 #: True under ``HYPOTHESIS_PROFILE=slow``.
 SLOW = os.environ.get("HYPOTHESIS_PROFILE") == "slow"
+if SLOW:
+    settings.load_profile("slow")
 
 
 def fuzz(examples: int) -> settings:

@@ -299,3 +299,18 @@ def test_a_flood_of_bad_messages_logs_once_a_minute_in_flat_memory(
     warnings = [r for r in caplog.records if "malformed" in r.getMessage()]
     assert len(warnings) == 2, [r.getMessage() for r in warnings]  # one per kind
     assert grown < 8 * 1024 and peak < 64 * 1024, (grown, peak)
+
+
+def test_an_outer_timeout_comes_out_as_the_same_object(
+    sentinels: list[FakeSentinel], closing: list[Any]
+) -> None:
+    # sentinel_timeout is ours: only our own deadline becomes an error; a caller's Timeout (or a
+    # kill) passes through untouched, and the sentinel connection is closed.
+    slow = sentinel(sentinels, trickle(GOOD, 0.2))
+    pool = make_pool([slow], closing, sentinel_timeout=30)
+    outer = gevent.Timeout(0.3)
+    with pytest.raises(gevent.Timeout) as info:
+        with outer:
+            pool.discover_master()
+    assert info.value is outer
+    slow.wait_for(lambda: not slow.open)  # the question's connection was closed
