@@ -32,7 +32,8 @@ Where it follows redis-py's own pool, so redis-py code keeps working:
   is released and makes a new one under its backoff, ``stats()`` and fail-fast. So retry at the
   call level (``@retry(exc_classes=pool.exc_classes)``, or redis-py's ``Retry`` around the
   call), not with ``retry=`` on the connections: in-place retries would only find the
-  connection refusing.
+  connection refusing. A connection dedicated to a ``PubSub`` or ``Monitor`` (never handed out
+  again) keeps redis-py's reconnect-and-resubscribe.
 - **Threads.** The pool belongs to the gevent hub of the thread that made it.
   ``PubSub.run_in_thread()``, or a blocking ``listen()`` in a real OS thread, calls the pool from
   another thread, which it refuses (a ``RuntimeError`` saying so). Under
@@ -130,6 +131,8 @@ POOL_OPTIONS = frozenset(inspect.signature(ConnectionPool.__init__).parameters) 
 #: Commands after which a connection must not go back to the pool.
 _STICKY = frozenset({"SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "MONITOR", "RESET", "QUIT"})
 _MODE = "_geventconnpool_mode"  # attribute set on a redis-py connection that entered a mode
+#: Modes of a connection dedicated to one PubSub/Monitor object for its whole life.
+_DEDICATED = frozenset({"SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "MONITOR"})
 
 
 def _connection_params(connection_class: type[Any]) -> set[str]:
@@ -245,17 +248,32 @@ def _refuse_reconnects(conn: Any, address: str) -> None:
     """From now on ``conn`` never connects again by itself: redis-py reconnects a disconnected
     connection in place (in ``send_command``, ``can_read``, or its ``Retry`` after a failure),
     which would skip the pool's backoff, stats and fail-fast. Instead it raises
-    :class:`ConnectionLost`; the pool discards it on release and connects a new one."""
+    :class:`ConnectionLost`; the pool discards it on release and connects a new one.
 
-    def refuse(*args: Any, **kwargs: Any) -> None:
-        raise ConnectionLost(
-            f"pooled connection to {address} was lost; it is not reconnected in place (the "
-            "pool replaces it: retry the call, e.g. with @retry(exc_classes=pool.exc_classes))"
-        )
+    Except a connection dedicated to pub/sub or MONITOR (it entered a mode and is never handed
+    out again): it keeps redis-py's reconnect-and-resubscribe, which long-lived subscribers
+    rely on; the pool discards it when it is released."""
+    originals = {
+        name: getattr(conn, name)
+        for name in ("connect", "connect_check_health")  # the latter: redis-py >= 6
+        if hasattr(conn, name)
+    }
 
-    conn.connect = refuse
-    if hasattr(conn, "connect_check_health"):  # redis-py >= 6: what send_command calls
-        conn.connect_check_health = refuse
+    def guard(name: str) -> Any:
+        original = originals[name]
+
+        def connect(*args: Any, **kwargs: Any) -> Any:
+            if getattr(conn, _MODE, None) in _DEDICATED:
+                return original(*args, **kwargs)
+            raise ConnectionLost(
+                f"pooled connection to {address} was lost; it is not reconnected in place (the "
+                "pool replaces it: retry the call, e.g. with @retry(exc_classes=pool.exc_classes))"
+            )
+
+        return connect
+
+    for name in originals:
+        setattr(conn, name, guard(name))
 
 
 _LOCATED: dict[type[BaseException], type[BaseException]] = {}

@@ -223,3 +223,25 @@ def test_after_any_reply_through_the_adapter_the_next_caller_gets_its_own(
         assert client.echo(token) == token
     finally:
         pool.close()
+
+
+def test_a_subscriber_keeps_redis_pys_reconnect_and_resubscribe(
+    fresh_redis: RedisServer, closing: list[Any]
+) -> None:
+    # A PubSub's connection is dedicated for its life (never handed out again): redis-py's own
+    # reconnect-and-resubscribe after a lost connection is kept for it.
+    pool = make(fresh_redis.port, closing, max_size=2, timeout=5)
+    client = redis.Redis(connection_pool=pool)
+    pubsub = client.pubsub()
+    pubsub.subscribe("news")
+    assert pubsub.get_message(timeout=2)["type"] == "subscribe"
+    fresh_redis.command("CLIENT", "KILL", "TYPE", "pubsub")
+    with pytest.raises(redis.ConnectionError):  # redis-py reports the loss once ...
+        for _ in range(50):
+            pubsub.get_message(timeout=0.1)
+    resubscribed = pubsub.get_message(timeout=2)  # ... then reconnects and resubscribes
+    assert resubscribed is not None and resubscribed["type"] == "subscribe"
+    client.publish("news", "hello")
+    message = pubsub.get_message(timeout=2)
+    assert message is not None and message["data"] == b"hello"
+    pubsub.close()
