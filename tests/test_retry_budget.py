@@ -29,7 +29,7 @@ from geventconnpool import (
     retry,
 )
 from geventconnpool.testing import free_port
-from tests.contrib._fuzz import fuzz
+from tests.contrib._fuzz import fuzz, fuzz_timeout
 
 
 class Clock:
@@ -453,6 +453,7 @@ def test_a_withdrawal_at_a_slice_end_is_not_granted_again_within_ttl() -> None:
     assert budget.balance == 2 and budget.withdraw()
 
 
+@fuzz_timeout
 @given(
     steps=st.lists(
         st.tuples(st.floats(min_value=0, max_value=0.7), st.sampled_from(["call", "retry"])),

@@ -3,6 +3,7 @@ keyword arguments: ``redis://``, ``rediss://`` (TLS) and ``unix://``."""
 
 from __future__ import annotations
 
+import difflib
 import ssl
 from collections.abc import Callable
 from typing import Any
@@ -129,10 +130,14 @@ def _query(query: str) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
     for name, values in parse_qs(query, keep_blank_values=True).items():
         if name not in _QUERY:
-            shown = repr(name) if name.isidentifier() and name.isascii() else "(not shown)"
+            # The name itself is never shown: with an unencoded '?' in a password, it is a
+            # piece of the password. A close supported name is suggested instead.
+            close = difflib.get_close_matches(name, _QUERY, n=1, cutoff=0.75)
+            hint = f"did you mean {close[0]!r}? " if close else ""
             raise ValueError(
-                f"unsupported query argument {shown} in Redis URL; "
-                f"supported: {', '.join(sorted(_QUERY))}"
+                "unsupported query argument in Redis URL (its name is not shown: it may be part "
+                "of a password with an unencoded '?', which must be percent-encoded as %3F); "
+                f"{hint}supported: {', '.join(sorted(_QUERY))}"
             )
         keyword, parse = _QUERY[name]
         try:

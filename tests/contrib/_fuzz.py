@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile("slow", max_examples=2000, deadline=None)
@@ -17,6 +18,9 @@ settings.register_profile("slow", max_examples=2000, deadline=None)
 SLOW = os.environ.get("HYPOTHESIS_PROFILE") == "slow"
 if SLOW:
     settings.load_profile("slow")
+
+#: The pytest timeout of a fuzz test: the suite's 60 s, or 15 minutes under the slow profile.
+fuzz_timeout = pytest.mark.timeout(900 if SLOW else 60)
 
 
 def fuzz(examples: int) -> settings:

@@ -39,7 +39,7 @@ from geventconnpool.contrib.redis import RedisPool
 from tests.servers import LOOPBACK, LineServer
 
 from ._fakes import HostileRedis, close_after
-from ._fuzz import fuzz
+from ._fuzz import fuzz, fuzz_timeout
 
 SMALL = Limits(max_bulk_length=4096, max_elements=64, max_depth=8, max_line_length=1024)
 
@@ -93,6 +93,7 @@ def test_the_largest_integers_still_parse() -> None:
     assert resp_read(b":-9223372036854775808\r\n") == -(2**63)
 
 
+@fuzz_timeout
 @given(st.binary(max_size=300))
 @fuzz(200)
 def test_any_bytes_are_a_reply_or_a_connection_error(data: bytes) -> None:
@@ -120,6 +121,7 @@ REPLIES = st.recursive(
 )
 
 
+@fuzz_timeout
 @given(REPLIES, st.data())
 @fuzz(200)
 def test_valid_replies_round_trip_and_their_mutants_fail_cleanly(value: Any, data: Any) -> None:
@@ -187,6 +189,7 @@ def hostile() -> Iterator[HostileRedis]:
     server.stop()
 
 
+@fuzz_timeout
 @given(garbage=st.binary(max_size=200), close=st.booleans(), token=st.binary(min_size=1))
 @fuzz(60)
 def test_after_any_reply_the_next_caller_gets_its_own(
@@ -242,6 +245,7 @@ def thrift_read(data: bytes, framed: bool, deadline: float = 2.0) -> bytes:
         theirs.close()
 
 
+@fuzz_timeout
 @given(
     body=st.binary(max_size=300),
     header=st.booleans(),
@@ -283,6 +287,7 @@ def test_a_thrift_reply_of_a_huge_list_costs_no_memory_before_it_arrives() -> No
 URL_TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=60)
 
 
+@fuzz_timeout
 @given(st.one_of(URL_TEXT, st.sampled_from(["redis://", "rediss://", "unix://"]).map(str)))
 @fuzz(100)
 def test_any_string_is_url_arguments_or_a_value_error(url: str) -> None:
@@ -295,6 +300,7 @@ def test_any_string_is_url_arguments_or_a_value_error(url: str) -> None:
         assert 0 <= kwargs.get("db", 0) < 2**31
 
 
+@fuzz_timeout
 @given(st.text(alphabet="QXab12#/?@:%&=", min_size=1, max_size=12))
 @fuzz(100)
 def test_a_raw_password_never_appears_in_an_error(tail: str) -> None:
@@ -314,6 +320,7 @@ def test_a_raw_password_never_appears_in_an_error(tail: str) -> None:
 # -- the test servers' line protocols ------------------------------------------------------------
 
 
+@fuzz_timeout
 @given(st.binary(max_size=400), st.lists(st.integers(1, 50), max_size=10))
 @fuzz(200)
 def test_the_ping_servers_command_reader_gives_the_same_answer_however_split(
@@ -344,6 +351,7 @@ def line_server_() -> Iterator[LineServer]:
     server.stop()
 
 
+@fuzz_timeout
 @given(st.binary(max_size=200).filter(lambda b: b"QUIT" not in b))
 @fuzz(40)
 def test_the_line_server_answers_every_line_and_then_the_next_ping(

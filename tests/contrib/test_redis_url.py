@@ -70,7 +70,8 @@ def test_parses_like_redis_py(url: str, expected: dict[str, Any]) -> None:
         ("redis://localhost?socket_connect_timeout=abc", "socket_connect_timeout"),
         ("redis://localhost?socket_keepalive=maybe", "socket_keepalive"),
         ("redis://localhost?db=x", "db"),
-        ("redis://localhost?no_such_option=1", "no_such_option"),
+        ("redis://localhost?no_such_option=1", "unsupported query argument"),
+        ("redis://localhost?socket_timout=1", "did you mean 'socket_timeout'"),
         ("redis://localhost?ssl_cert_reqs=none", "rediss"),
         ("redis://localhost:99999", "port"),
         ("unix://", "socket path"),
@@ -147,6 +148,8 @@ SECRET = "S3cr"  # the first characters of each password below: none may appear 
         f"unix://:{SECRET}/et@/tmp/redis.sock",
         f"unix://:{SECRET}#et@/tmp/redis.sock",
         f"redis://:9{SECRET}/et@localhost",
+        f"redis://:QX?{SECRET}=@localhost:6379/0",  # found by the slow fuzz profile
+        f"redis://:QX?a=b&{SECRET}@localhost",
     ],
 )
 def test_an_unencoded_password_never_leaks_into_the_error(url: str) -> None:

@@ -24,7 +24,7 @@ from geventconnpool.contrib import redispy as adapter  # noqa: E402
 from geventconnpool.contrib.redispy import RedisPyConnectionPool  # noqa: E402
 from tests.servers import LOOPBACK, RedisServer, free_port, resp_call  # noqa: E402
 
-from ._fuzz import fuzz  # noqa: E402
+from ._fuzz import fuzz, fuzz_timeout  # noqa: E402
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 
@@ -196,6 +196,7 @@ def hostile() -> Any:
     runner.stop()
 
 
+@fuzz_timeout
 @given(garbage=st.binary(max_size=200), close=st.booleans(), token=st.binary(min_size=1))
 @fuzz(50)
 def test_after_any_reply_through_the_adapter_the_next_caller_gets_its_own(

@@ -32,7 +32,7 @@ from ._fakes import (
     switch_message,
     trickle,
 )
-from ._fuzz import fuzz
+from ._fuzz import fuzz, fuzz_timeout
 
 GOOD = master_answer(b"10.1.2.3", b"6380")
 GOOD_ADDRESS = ("10.1.2.3", 6380)
@@ -238,6 +238,7 @@ VALUES = st.recursive(
 )
 
 
+@fuzz_timeout
 @given(VALUES)
 @fuzz(200)
 def test_any_master_answer_is_an_address_or_a_value_error(reply: Any) -> None:
@@ -248,6 +249,7 @@ def test_any_master_answer_is_an_address_or_a_value_error(reply: Any) -> None:
     assert isinstance(host, str) and host and 0 < port < 65536
 
 
+@fuzz_timeout
 @given(st.one_of(VALUES, st.binary(max_size=80)))
 @fuzz(200)
 def test_any_switch_message_is_a_switch_or_none(message: Any) -> None:
@@ -257,6 +259,7 @@ def test_any_switch_message_is_a_switch_or_none(message: Any) -> None:
         assert isinstance(service, str) and 0 < old[1] < 65536 and 0 < new[1] < 65536
 
 
+@fuzz_timeout
 @given(st.one_of(VALUES, st.binary(max_size=80)))
 @fuzz(100)
 def test_any_watched_message_is_handled_without_raising(message: Any) -> None:

@@ -22,7 +22,7 @@ from thriftpy2.transport import TTransportException  # noqa: E402
 from geventconnpool.contrib.thrift import ThriftPool  # noqa: E402
 from tests.servers import LOOPBACK, ScriptedServer, ThriftServer  # noqa: E402
 
-from ._fuzz import fuzz  # noqa: E402
+from ._fuzz import fuzz, fuzz_timeout  # noqa: E402
 
 kv_thrift = thriftpy2.load(str(Path(__file__).with_name("kv.thrift")), module_name="kv_thrift")
 
@@ -91,6 +91,7 @@ def scripted() -> Iterator[ScriptedServer]:
     server.stop()
 
 
+@fuzz_timeout
 @given(body=st.binary(max_size=200), header=st.booleans(), framed=st.booleans())
 @fuzz(80)
 def test_any_reply_is_a_value_or_a_thrift_error_and_the_next_client_is_clean(
