@@ -1,5 +1,6 @@
 """ThriftPool: every hand-out is probed (issue 19, defect 8), and any reply a hostile server
-sends ends in a value or a Thrift error, with the next caller getting a clean client."""
+sends ends in a value or a Thrift error, with the next caller getting a clean client and its
+own reply."""
 
 from __future__ import annotations
 
@@ -123,5 +124,65 @@ def test_any_reply_is_a_value_or_a_thrift_error_and_the_next_client_is_clean(
             assert client.in_sync and client.quiet()
             if not first.in_sync:
                 assert client is not first
+    finally:
+        pool.close()
+
+
+class HostileThrift(ThriftServer):
+    """A real KV server, except that the first request on a connection is answered from
+    ``script`` (raw bytes, or None to close) while it has entries."""
+
+    def __init__(self, framed: bool) -> None:
+        self.script: list[bytes | None] = []
+        super().__init__(kv_thrift.KV, Handler(), framed=framed)
+
+    def serve(self, sock: Any) -> None:
+        if self.script:
+            answer = self.script.pop(0)
+            if not sock.recv(65536):
+                return
+            if answer is None:
+                return  # closed mid-exchange
+            sock.sendall(answer)
+        super().serve(sock)
+
+
+@pytest.fixture(params=[False, True], ids=["buffered", "framed"])
+def hostile(request: pytest.FixtureRequest) -> Iterator[HostileThrift]:
+    server = HostileThrift(framed=request.param)
+    yield server
+    server.stop()
+
+
+@fuzz_timeout
+@given(body=st.binary(max_size=120), header=st.booleans(), close=st.booleans(), token=st.text())
+@fuzz(40)
+def test_after_any_reply_the_next_caller_gets_its_own(
+    hostile: HostileThrift, body: bytes, header: bool, close: bool, token: str
+) -> None:
+    data = (REPLY_HEADER if header else b"") + body
+    if hostile.framed:
+        data = struct.pack("!i", len(data)) + data
+    pool = ThriftPool(
+        kv_thrift.KV,
+        LOOPBACK,
+        hostile.port,
+        framed=hostile.framed,
+        size=1,
+        socket_timeout=0.2,
+        max_message_size=4096,
+        string_length_limit=1024,
+        check_idle_after=3600,
+    )
+    try:
+        hostile.script = [None if close else data]
+        try:
+            with pool.get() as client:
+                client.echo("x")
+        except THRIFT_ERRORS:
+            pass
+        assert not hostile.script
+        with pool.get() as client:
+            assert client.echo(token) == f"echo-{token}"
     finally:
         pool.close()
