@@ -1,12 +1,20 @@
 """A retry budget shared by many calls: retries may add at most a fraction of the recent calls.
 
 Finagle's ``RetryBudget`` in our words. Every call deposits one token when it starts; every
-retry withdraws ``1 / percent_can_retry`` tokens. Tokens live for ``ttl`` seconds (a sliding
-window of ten slices), and a reserve of ``min_retries_per_sec * ttl`` retries is always there,
-so a service with little traffic can still retry. Under an outage the calls keep coming, their
-retries stop once the budget is spent, and the backend sees at most about
+retry withdraws ``1 / percent_can_retry`` tokens. Tokens live for about ``ttl`` seconds (a
+sliding window of ten slices), and a reserve of ``min_retries_per_sec * ttl`` retries is always
+there, so a service with little traffic can still retry. Under an outage the calls keep coming,
+their retries stop once the budget is spent, and the backend sees at most about
 ``(1 + percent_can_retry) x calls + min_retries_per_sec x seconds`` attempts instead of
 ``(1 + max_failures) x calls``.
+
+The bound that holds exactly: in any ``ttl`` seconds, the retries granted are at most
+``percent_can_retry`` x the calls of the ``ttl`` seconds before the last of them, plus
+``min_retries_per_sec x ttl``. The window is kept in slices of ``ttl / 10`` (constant memory
+whatever the traffic), rounded the safe way for each side: a deposit counts for 0.9-1.0 x
+``ttl`` (it may leave early), and a slice's withdrawals leave together exactly ``ttl`` after the
+*last* of them (one never leaves early). So a retry taken at the end of a slice is not handed
+out again before ``ttl`` has passed.
 """
 
 from __future__ import annotations
@@ -20,6 +28,10 @@ __all__ = ["RetryBudget"]
 
 _SCALE = 1000  # tokens per deposit: integer arithmetic, so balances never drift
 _SLICES = 10  # the window is ttl long, kept as this many slices
+# Withdrawals are kept one slice longer: a withdrawal made anywhere in a slice is still
+# counted ttl seconds later (with _SLICES slices, one made at a slice's end would leave the
+# window after 0.9 x ttl, and the budget could grant up to twice its bound within one ttl).
+_WITHDRAWAL_SLICES = _SLICES + 1
 
 
 def _number(name: str, value: Any, low: float, high: float, *, low_open: bool = False) -> float:
@@ -62,9 +74,12 @@ class RetryBudget:
         self._cost = int(_SCALE / self.percent_can_retry) if self.percent_can_retry > 0 else 1
         self._reserve = int(self.min_retries_per_sec * self.ttl * self._cost)
         self._slice = self.ttl / _SLICES
-        self._slices = [0] * _SLICES  # token changes per slice of the window
-        self._total = 0  # sum of _slices
-        self._current = math.floor(clock() / self._slice)  # absolute number of the newest slice
+        self._deposits = [0] * _SLICES  # tokens deposited per slice of the window
+        self._withdrawals = [0] * _WITHDRAWAL_SLICES  # tokens withdrawn per slice (one more)
+        self._last_withdrawal = [0.0] * _WITHDRAWAL_SLICES  # when each slice's last one was
+        self._total = 0  # sum of _deposits minus sum of _withdrawals
+        self._now = clock()  # the clock at the last _advance()
+        self._current = math.floor(self._now / self._slice)  # absolute number of the newest slice
         #: Retries refused since the budget was created.
         self.refused = 0
         #: Retries granted since the budget was created.
@@ -75,7 +90,9 @@ class RetryBudget:
 
     def deposit(self) -> None:
         """A call started: it adds ``percent_can_retry`` retries to the budget for ``ttl``."""
-        self._add(self._deposit)
+        self._advance()
+        self._deposits[self._current % _SLICES] += self._deposit
+        self._total += self._deposit
 
     def withdraw(self) -> bool:
         """Take one retry from the budget; False (and nothing taken) when it is spent."""
@@ -84,7 +101,10 @@ class RetryBudget:
             self.refused += 1
             self.exhausted = True
             return False
-        self._add(-self._cost)
+        slot = self._current % _WITHDRAWAL_SLICES
+        self._withdrawals[slot] += self._cost
+        self._last_withdrawal[slot] = self._now
+        self._total -= self._cost
         self.granted += 1
         self.exhausted = False
         return True
@@ -103,25 +123,24 @@ class RetryBudget:
         self._advance()
         return max(0, (self._total + self._reserve) // self._cost)
 
-    def _add(self, tokens: int) -> None:
-        self._advance()
-        self._slices[self._current % _SLICES] += tokens
-        self._total += tokens
-
     def _advance(self) -> None:
-        """Forget the slices that left the window since the last call."""
-        now = math.floor(self._clock() / self._slice)
-        gone = now - self._current
-        if gone <= 0:
-            return
-        if gone >= _SLICES:
-            self._slices = [0] * _SLICES
-            self._total = 0
-        else:
-            for n in range(self._current + 1, now + 1):
-                self._total -= self._slices[n % _SLICES]
-                self._slices[n % _SLICES] = 0
-        self._current = now
+        """Forget what left the window since the last call (at most 11 steps): deposits with
+        their slice, a slice's withdrawals ``ttl`` after the last of them."""
+        self._now = clock = self._clock()
+        now = math.floor(clock / self._slice)
+        if now > self._current:
+            for n in range(max(self._current + 1, now - _WITHDRAWAL_SLICES + 1), now + 1):
+                self._total -= self._deposits[n % _SLICES]
+                self._deposits[n % _SLICES] = 0
+                self._release(n % _WITHDRAWAL_SLICES)
+            self._current = now
+        oldest = (now - _SLICES) % _WITHDRAWAL_SLICES  # the slice ttl ago: its time may be up
+        if self._withdrawals[oldest] and clock >= self._last_withdrawal[oldest] + self.ttl:
+            self._release(oldest)
+
+    def _release(self, slot: int) -> None:
+        self._total += self._withdrawals[slot]
+        self._withdrawals[slot] = 0
 
     def __repr__(self) -> str:
         return (

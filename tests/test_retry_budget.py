@@ -7,12 +7,16 @@ pools in the states that raise them (closed, fail-fast with the backend down, ma
 from __future__ import annotations
 
 import logging
+import math
+import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
 import gevent
 import gevent.event
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from geventconnpool import (
     ConnectionPool,
@@ -25,6 +29,7 @@ from geventconnpool import (
     retry,
 )
 from geventconnpool.testing import free_port
+from tests.contrib._fuzz import fuzz, fuzz_timeout
 
 
 class Clock:
@@ -430,3 +435,147 @@ def test_dbapi_retrying_is_expressible_as_retry_on_is_disconnect() -> None:
         assert timeout.calls == 1
     finally:
         pool.close()
+
+
+# -- issue 19 (7): the documented bound holds exactly, in constant memory ------------------------
+
+
+def test_a_withdrawal_at_a_slice_end_is_not_granted_again_within_ttl() -> None:
+    # ttl 2 s = ten 0.2 s slices. Two retries (the whole reserve) taken at the very end of the
+    # first slice must stay withdrawn for 2 s: on 0.2.x they left with their slice 1.8 s later,
+    # and the budget granted 4 retries within one ttl window (twice its bound).
+    clock = Clock(0.0)
+    budget = RetryBudget(ttl=2, min_retries_per_sec=1, percent_can_retry=0.0, clock=clock)
+    clock.now = 0.199
+    assert budget.withdraw() and budget.withdraw() and not budget.withdraw()
+    clock.now = 0.199 + 1.85  # past the slice's end + 0.9 ttl, within ttl of the withdrawals
+    assert budget.balance == 0 and not budget.withdraw()
+    clock.now = 0.199 + 2.0  # exactly ttl later: both are back
+    assert budget.balance == 2 and budget.withdraw()
+
+
+@fuzz_timeout
+@given(
+    steps=st.lists(
+        st.tuples(st.floats(min_value=0, max_value=0.7), st.sampled_from(["call", "retry"])),
+        min_size=1,
+        max_size=300,
+    ),
+    percent=st.sampled_from([0.0, 0.1, 0.5, 1.0]),
+)
+@fuzz(100)
+def test_granted_retries_never_exceed_the_documented_bound(
+    steps: list[tuple[float, str]], percent: float
+) -> None:
+    # The module docstring's bound: in any ttl seconds, granted retries <= percent_can_retry x
+    # the calls of the ttl before the last of them + min_retries_per_sec x ttl.
+    clock = Clock(0.0)
+    ttl, floor = 2.0, 1.0
+    budget = RetryBudget(ttl=ttl, min_retries_per_sec=floor, percent_can_retry=percent, clock=clock)
+    calls: list[float] = []
+    grants: list[float] = []
+    for dt, what in steps:
+        clock.now += dt
+        if what == "call":
+            budget.deposit()
+            calls.append(clock.now)
+        elif budget.withdraw():
+            grants.append(clock.now)
+            now = clock.now
+            recent_grants = sum(1 for t in grants if t > now - ttl)
+            recent_calls = sum(1 for t in calls if t > now - ttl)
+            assert recent_grants <= math.floor(percent * recent_calls + 1e-9) + floor * ttl + 1e-9
+
+
+def test_budget_memory_is_flat_over_many_operations() -> None:
+    # 10**5 calls, retries and refusals, and the rate-limited refusal log's state: the budget
+    # keeps fixed-size slices whatever the traffic, so nothing grows with the operations.
+    clock = Clock(0.0)
+    budget = RetryBudget(ttl=1, min_retries_per_sec=5, percent_can_retry=0.2, clock=clock)
+
+    def load(n: int) -> None:
+        for i in range(n):
+            clock.now += 0.0003
+            budget.deposit()
+            if i % 3 == 0 and not budget.withdraw():
+                budget.log_due()
+
+    load(1000)  # warm up: every slice and counter exists
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        load(100_000)
+        peak = tracemalloc.get_traced_memory()[1] - base  # during the load
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    grown = sum(
+        stat.size_diff
+        for stat in after.compare_to(before, "filename")
+        if stat.traceback[0].filename.endswith("budget.py")
+    )
+    assert grown < 2048, f"RetryBudget grew by {grown} bytes over 10**5 operations"
+    assert peak < 64 * 1024, f"{peak} bytes allocated at once during 10**5 operations"
+    assert budget.granted > 1000 and budget.refused > 1000  # both paths ran
+
+
+class _Counting(logging.Handler):
+    """Counts records by whether they say the budget is exhausted; stores nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refusals = self.others = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "budget exhausted" in record.getMessage():
+            self.refusals += 1
+        else:
+            self.others += 1
+
+
+def test_retry_with_a_spent_budget_logs_once_per_ttl_in_flat_memory() -> None:
+    # 2 x 10**4 failing calls through @retry(budget=): the budget's rate-limited refusal log
+    # writes one line per ttl, and neither the budget nor the decorator keeps anything per call.
+    clock = Clock(0.0)
+    budget = RetryBudget(ttl=1, min_retries_per_sec=1, percent_can_retry=0.1, clock=clock)
+
+    def failing() -> None:
+        raise OSError("down")  # a new one each time (a re-raised one grows its traceback)
+
+    logger = logging.getLogger("geventconnpool.test-budget")
+    counting = _Counting()
+    logger.addHandler(counting)
+    logger.propagate = False
+    call = retry(
+        failing, max_failures=3, budget=budget, sleep=clock.sleep, clock=clock, logger=logger
+    )
+
+    def calls(n: int) -> int:
+        failed = 0
+        for _ in range(n):
+            clock.now += 0.0001  # 10**4 calls per simulated second
+            try:
+                call()
+            except OSError:
+                failed += 1
+        return failed
+
+    try:
+        assert calls(500) == 500
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            tracemalloc.reset_peak()
+            failed = calls(20_000)
+            grown = tracemalloc.get_traced_memory()[0] - base
+            peak = tracemalloc.get_traced_memory()[1] - base
+        finally:
+            tracemalloc.stop()
+    finally:
+        logger.removeHandler(counting)
+        logger.propagate = True
+    assert failed == 20_000 and budget.refused > 10_000
+    assert 1 <= counting.refusals <= clock.now / budget.ttl + 1, (counting.refusals, clock.now)
+    assert grown < 16 * 1024 and peak < 256 * 1024, (grown, peak)

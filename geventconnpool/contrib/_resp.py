@@ -30,6 +30,7 @@ Arg = bytes | str | int | float
 _CRLF = b"\r\n"
 _RECV = 65536
 _ARRAY, _BULK, _SIMPLE, _ERROR, _INT = b"*$+-:"
+_INT_DIGITS = 19  # digits of the largest signed 64-bit integer (RESP integers are int64)
 
 
 class RedisError(Exception):
@@ -112,7 +113,7 @@ def _length(rest: bytes, limit: int, what: str, option: str) -> int:
         return -1
     if not rest.isdigit() or len(rest) > 19:  # isdigit: ASCII only, no sign, no '_'
         raise ProtocolError(f"invalid {what} length {rest[:32]!r}")
-    n = int(rest)
+    n = int(rest)  # at most 19 ASCII digits: int() cannot fail
     if n > limit:
         raise ProtocolError(
             f"{what} of length {n} exceeds {option}={limit}; raise {option} if the server is right"
@@ -127,8 +128,11 @@ def _simple(kind: int, line: bytes) -> Any:
     if kind == _ERROR:
         return error_reply(line[1:].decode(errors="replace"))
     if kind == _INT:
+        # A RESP integer is a signed 64-bit number: at most 19 digits. Checked before int(), so
+        # a hostile reply of thousands of digits is a ProtocolError, never int()'s ValueError
+        # (the 4,300-digit limit) nor a quadratic conversion.
         digits = line[2:] if line[1:2] == b"-" else line[1:]
-        if not digits.isdigit():
+        if not digits.isdigit() or len(digits) > _INT_DIGITS:
             raise ProtocolError(f"invalid integer reply {line[:64]!r}")
         return int(line[1:])
     if not line:

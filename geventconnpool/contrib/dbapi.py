@@ -10,8 +10,9 @@
             cur.execute("SELECT 1")
         conn.commit()
 
-Driver arguments are positional (``*connect_args``) or in ``connect_kwargs={...}``; keyword
-arguments are pool options, as for every ready-made pool. On release an open transaction is
+Driver arguments are positional (``*connect_args``) or in ``connect_kwargs={...}`` (a mapping,
+or a callable returning one at each connect: how credentials rotate); keyword arguments are
+pool options, as for every ready-made pool. On release an open transaction is
 rolled back, and a connection still in a transaction after the release hooks is discarded, so no
 transaction state passes from one holder to the next. A connection whose query was interrupted
 (a ``gevent.Timeout`` caught inside the ``with`` block) refuses further use and is discarded.
@@ -359,20 +360,27 @@ class DbApiPool(ConnectionPool[C]):
         self,
         connect: Callable[..., C],
         *connect_args: Any,
-        connect_kwargs: Mapping[str, Any] | None = None,
+        connect_kwargs: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
         ping_query: Any = _UNSET,
         pool_options: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> None:
         if not callable(connect):
             raise TypeError(f"connect must be callable, got {connect!r}")
-        driver_kwargs, options = _split_options(connect_kwargs, pool_options, options)
+        kwargs_provider = connect_kwargs if callable(connect_kwargs) else None
+        driver_kwargs, options = _split_options(
+            None if kwargs_provider is not None else connect_kwargs,  # type: ignore[arg-type]
+            pool_options,
+            options,
+        )
         _check_password(driver_kwargs)
         if ping_query is _UNSET:
             ping_query = type(self).ping_query
         if ping_query is not None and (not isinstance(ping_query, str) or not ping_query.strip()):
             raise ValueError(f"ping_query must be a non-empty string or None, got {ping_query!r}")
-        self._connect_fn = functools.partial(connect, *connect_args, **driver_kwargs)
+        self._connect = connect
+        self._connect_args = connect_args
+        self._connect_kwargs: Any = kwargs_provider or driver_kwargs
         self.ping_query = ping_query
         self.driver = driver_module(connect)
         self._autocommit: Any = _UNSET
@@ -430,9 +438,59 @@ class DbApiPool(ConnectionPool[C]):
     # -- hooks --------------------------------------------------------------------------------
 
     def _new_connection(self) -> C:
-        conn = self._connect_fn()
+        conn = self._connect(*self._connect_args, **self._current_connect_kwargs())
         _guard(conn, self.driver)
         return conn
+
+    # -- credentials: read at each connect ---------------------------------------------------
+
+    @property
+    def connect_kwargs(self) -> Mapping[str, Any] | Callable[[], Mapping[str, Any]]:
+        """The driver's keyword arguments for new connections: a copy of the mapping, or the
+        callable that returns them at each connect (as psycopg_pool's ``kwargs``).
+
+        Settable, to rotate credentials: ``pool.connect_kwargs = {**pool.connect_kwargs,
+        "password": new}`` (then ``pool.invalidate()`` to replace the open connections), or
+        once and for all ``pool.connect_kwargs = lambda: {..., "password": vault.read()}``.
+        """
+        kwargs = self._connect_kwargs
+        return kwargs if callable(kwargs) else dict(kwargs)
+
+    @connect_kwargs.setter
+    def connect_kwargs(self, value: Mapping[str, Any] | Callable[[], Mapping[str, Any]]) -> None:
+        if callable(value):
+            self._connect_kwargs = value
+            return
+        driver_kwargs, _ = _split_options(value, None, {})  # (driver and pool may share names)
+        _check_password(driver_kwargs)
+        self._connect_kwargs = driver_kwargs
+
+    def _current_connect_kwargs(self) -> Mapping[str, Any]:
+        kwargs = self._connect_kwargs
+        if not callable(kwargs):
+            return kwargs  # type: ignore[no-any-return]
+        got = kwargs()
+        if not isinstance(got, Mapping):
+            raise TypeError(
+                f"pool {self.name!r}: the connect_kwargs callable must return a mapping, "
+                f"not {type(got).__name__}"
+            )
+        _check_password(got)
+        return got
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """``pool.password = ...`` (and user, host, ...) would be ignored: say where it goes."""
+        if (
+            name in _DRIVER_ONLY
+            and not hasattr(type(self), name)
+            and type(self)._new_connection is DbApiPool._new_connection
+        ):
+            raise AttributeError(
+                f"DbApiPool does not use a {name!r} attribute: it is a driver argument; set "
+                f"pool.connect_kwargs = {{**pool.connect_kwargs, {name!r}: ...}} (or pass a "
+                "callable as connect_kwargs=), then pool.invalidate() to reconnect"
+            )
+        super().__setattr__(name, value)
 
     def _ping(self, conn: C) -> None:
         """Run ``ping_query`` and end the transaction it may have opened."""
@@ -583,6 +641,13 @@ def _split_options(
                 f"pool options; pass driver arguments as connect_kwargs={{{key!r}: ...}}"
             )
     return driver_kwargs, options
+
+
+#: Names that are driver arguments: as pool attributes they would be ignored, so writing one
+#: raises AttributeError pointing at connect_kwargs.
+_DRIVER_ONLY = frozenset(
+    {"password", "passwd", "user", "username", "host", "port", "dbname", "database", "dsn"}
+)
 
 
 def _check_password(driver_kwargs: Mapping[str, Any]) -> None:

@@ -28,7 +28,7 @@ import gevent.ssl
 from .._probe import FdProbe
 from ..errors import PoolError
 from ..pool import ConnectionPool
-from ._redis_url import parse_redis_url
+from ._redis_url import MAX_DB, parse_redis_url
 from ._resp import (
     Arg,
     BusyLoadingError,
@@ -330,11 +330,16 @@ class RedisPool(ConnectionPool[RedisConnection]):
     """A pool of :class:`RedisConnection` to one Redis server.
 
     ``host``/``port`` or ``unix_socket_path``; ``db``, ``username``/``password`` (``AUTH``) and
-    ``client_name`` are applied to every new connection. TLS with ``ssl_context=`` (or
-    ``tls=True`` for the default verifying context). Keepalive (the pool's ``keepalive``
-    option) and the checkout check send ``PING``; every hand-out first probes the socket for
-    unread data (no round trip). The reply limits (``max_bulk_length``, ``max_elements``,
-    ``max_depth``, ``max_line_length``) default to the class attributes of the same names.
+    ``client_name`` are applied to every new connection. Credentials rotate: assign
+    ``pool.password`` / ``pool.username`` (read at each connect; call :meth:`invalidate` to
+    replace the open connections too), or pass ``credential_provider=``, a callable returning
+    ``(username, password)`` (or an object with redis-py's ``get_credentials()``) that is
+    called at each connect, so a rotated secret is picked up without touching the pool.
+    TLS with ``ssl_context=`` (or ``tls=True`` for the default verifying context). Keepalive
+    (the pool's ``keepalive`` option) and the checkout check send ``PING``; every hand-out
+    first probes the socket for unread data (no round trip). The reply limits
+    (``max_bulk_length``, ``max_elements``, ``max_depth``, ``max_line_length``) default to the
+    class attributes of the same names.
     Other keyword options go to :class:`~geventconnpool.ConnectionPool`; the default ``name``
     is ``"redis <address>/<db>"``.
     """
@@ -359,6 +364,7 @@ class RedisPool(ConnectionPool[RedisConnection]):
         db: int = 0,
         username: str | None = None,
         password: str | None = None,
+        credential_provider: Any = None,
         client_name: str | None = None,
         tls: bool = False,
         ssl_context: _stdssl.SSLContext | None = None,
@@ -391,8 +397,10 @@ class RedisPool(ConnectionPool[RedisConnection]):
             _limit("max_line_length", max_line_length, type(self).max_line_length),
         )
         self.db = db
-        self.username = username
+        self._username = username
         self._password = password
+        self._provider: Any = None
+        self.credential_provider = credential_provider
         self.client_name = client_name
         self.socket_timeout = socket_timeout
         if "name" not in pool_options and getattr(type(self), "name", None) is None:
@@ -411,8 +419,11 @@ class RedisPool(ConnectionPool[RedisConnection]):
         ssl_context: Any,
         server_hostname: Any,
     ) -> None:
-        if isinstance(db, bool) or not isinstance(db, int) or db < 0:
-            raise ValueError(f"db must be a non-negative int, got {db!r}")
+        if isinstance(db, bool) or not isinstance(db, int) or not 0 <= db <= MAX_DB:
+            raise ValueError(
+                f"db must be an int in 0..{MAX_DB} (Redis's SELECT takes a 32-bit index), "
+                f"got {db!r}"
+            )
         _check_type("username", username, str, "a str")
         _check_type("password", password, str, "a str")  # the value itself is never shown
         _check_type("client_name", client_name, str, "a str")
@@ -427,6 +438,77 @@ class RedisPool(ConnectionPool[RedisConnection]):
                 "server_hostname is only used by TLS: pass tls=True or ssl_context= too "
                 "(without them the connection would silently be plaintext)"
             )
+
+    # -- credentials: read at each connect ---------------------------------------------------
+
+    @property
+    def username(self) -> str | None:
+        """The ``AUTH`` user name of new connections (settable; None: the default user)."""
+        return self._username
+
+    @username.setter
+    def username(self, value: str | None) -> None:
+        _check_type("username", value, str, "a str")
+        self._refuse_with_provider("username")
+        self._username = value
+
+    @property
+    def password(self) -> str | None:
+        """The ``AUTH`` password of new connections (settable: rotation; never logged)."""
+        return self._password
+
+    @password.setter
+    def password(self, value: str | None) -> None:
+        _check_type("password", value, str, "a str")
+        self._refuse_with_provider("password")
+        self._password = value
+
+    @property
+    def credential_provider(self) -> Any:
+        """A callable returning ``(username, password)``, or an object with redis-py's
+        ``get_credentials()`` (``(password,)`` or ``(username, password)``), asked at each
+        connect; None to use :attr:`username` and :attr:`password`."""
+        return self._provider
+
+    @credential_provider.setter
+    def credential_provider(self, value: Any) -> None:
+        if value is not None and not (callable(value) or hasattr(value, "get_credentials")):
+            raise TypeError(
+                "credential_provider must be a callable returning (username, password) or an "
+                f"object with get_credentials(), not {type(value).__name__}"
+            )
+        if value is not None and (self._username is not None or self._password is not None):
+            raise ValueError(
+                "pass either username/password or credential_provider, not both: the provider "
+                "gives both at each connect"
+            )
+        self._provider = value
+
+    def _refuse_with_provider(self, name: str) -> None:
+        if getattr(self, "_provider", None) is not None:
+            raise AttributeError(
+                f"{name} is ignored while credential_provider is set: rotate the credentials "
+                "in the provider (or set pool.credential_provider = None first)"
+            )
+
+    def credentials(self) -> tuple[str | None, str | None]:
+        """``(username, password)`` for the next connect: the provider's answer, else the
+        attributes. A provider's malformed answer is a ``TypeError`` (its value never shown)."""
+        provider = self._provider
+        if provider is None:
+            return self._username, self._password
+        got = provider.get_credentials() if hasattr(provider, "get_credentials") else provider()
+        if isinstance(got, (tuple, list)) and len(got) == 1:
+            got = (None, got[0])
+        if not isinstance(got, (tuple, list)) or len(got) != 2:
+            raise TypeError(
+                "credential_provider must return (username, password) or (password,), "
+                f"not a {type(got).__name__}"
+            )
+        username, password = got
+        _check_type("credential_provider's username", username, str, "a str")
+        _check_type("credential_provider's password", password, str, "a str")
+        return username, password
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisPool:
@@ -470,11 +552,12 @@ class RedisPool(ConnectionPool[RedisConnection]):
 
     def _on_connect(self, conn: RedisConnection) -> None:
         try:
-            if self._password is not None:
-                if self.username is not None:
-                    conn.execute("AUTH", self.username, self._password)
+            username, password = self.credentials()
+            if password is not None:
+                if username is not None:
+                    conn.execute("AUTH", username, password)
                 else:
-                    conn.execute("AUTH", self._password)
+                    conn.execute("AUTH", password)
             if self.db:
                 conn.execute("SELECT", self.db)
             if self.client_name:

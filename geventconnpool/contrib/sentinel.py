@@ -32,12 +32,14 @@ import gevent.select
 import gevent.socket
 
 from .. import _backoff
+from .._log import RateLimitedLog
 from ._resp import Arg, ReadOnlyError
 from .redis import (
     RedisConnection,
     RedisConnectionError,
     RedisError,
     RedisPool,
+    RedisTimeoutError,
 )
 from .tcp import SocketConnector, default_ssl_context
 
@@ -99,21 +101,85 @@ def _check_sentinels(sentinels: Any) -> list[tuple[str, int]]:
     return out
 
 
+class _QuestionTimeout(Exception):
+    """The deadline of one question to a sentinel passed (ours: never another ``Timeout``)."""
+
+
 def ask_sentinel(address: tuple[str, int], timeout: float, *command: Arg) -> Any:
-    """Send one command to a sentinel on a fresh connection; its reply (errors raised)."""
-    sock = gevent.socket.create_connection(address, timeout=timeout)
+    """Send one command to a sentinel on a fresh connection; its reply (errors raised).
+
+    ``timeout`` bounds the whole question (connect, send and the whole reply), not each
+    ``recv``: a sentinel trickling a byte at a time cannot hold the caller longer. Raises
+    ``OSError`` or :class:`RedisError` (a :class:`RedisTimeoutError` when time is up).
+    """
+    expired = _QuestionTimeout()
+    timer = gevent.Timeout(timeout, expired)
+    timer.start()
+    sock = None
     try:
-        sock.settimeout(timeout)
-        return RedisConnection(sock).execute(*command)
+        sock = gevent.socket.create_connection(address, timeout=timeout)
+        return RedisConnection(sock, socket_timeout=timeout).execute(*command)
+    except _QuestionTimeout as exc:
+        if exc is not expired:
+            raise
+        raise RedisTimeoutError(
+            f"sentinel {address[0]}:{address[1]} gave no whole answer within "
+            f"sentinel_timeout={timeout}s"
+        ) from None
     finally:
-        sock.close()
+        timer.cancel()
+        if sock is not None:
+            sock.close()
+
+
+def parse_master_address(reply: Any) -> tuple[str, int]:
+    """The ``(host, port)`` in a ``get-master-addr-by-name`` answer; ValueError if it is not
+    one (a nil, integers, a host that is not printable ASCII/UTF-8, a port outside 1..65535)."""
+    if not isinstance(reply, list) or len(reply) != 2:
+        raise ValueError("no master address (a nil or not a two-element array)")
+    host, port = reply
+    if not isinstance(host, (bytes, str)) or not isinstance(port, (bytes, str)):
+        raise ValueError("the master address is not two strings")
+    try:
+        host = host.decode() if isinstance(host, bytes) else host
+        port = port.decode("ascii") if isinstance(port, bytes) else port
+    except UnicodeDecodeError:
+        raise ValueError("the master address is not valid UTF-8") from None
+    if not host or len(host) > 255 or not host.isprintable() or any(c.isspace() for c in host):
+        raise ValueError(f"invalid master host {host[:64]!r}")
+    if not (port.isascii() and port.isdigit()) or len(port) > 5 or not 0 < int(port) < 65536:
+        raise ValueError(f"invalid master port {port[:16]!r}")
+    return host, int(port)
+
+
+def parse_switch_master(message: Any) -> tuple[str, tuple[str, int], tuple[str, int]] | None:
+    """``(service, old, new)`` from a ``+switch-master`` payload (``name old-ip old-port
+    new-ip new-port``), or None if it is not one (wrong type, fields, ports or encoding)."""
+    if isinstance(message, bytes):
+        try:
+            message = message.decode()
+        except UnicodeDecodeError:
+            return None
+    if not isinstance(message, str):
+        return None
+    parts = message.split()
+    if len(parts) != 5:
+        return None
+    try:
+        old = parse_master_address([parts[1], parts[2]])
+        new = parse_master_address([parts[3], parts[4]])
+    except ValueError:
+        return None
+    return parts[0], old, new
 
 
 class SentinelRedisPool(RedisPool):
     """A :class:`~geventconnpool.contrib.redis.RedisPool` whose server is the master that the
     ``sentinels`` (``[(host, port), ...]``) name for ``service_name``.
 
-    ``sentinel_timeout`` bounds each question to a sentinel (connect and reply).
+    ``sentinel_timeout`` bounds each question to a sentinel, whole (connect, send and reply):
+    a sentinel that does not answer, answers slowly or answers garbage is skipped and the next
+    one is asked; :class:`MasterNotFoundError` only when none answered with a valid address.
     A greenlet per sentinel (holding a weak reference to the pool) subscribes to
     ``+switch-master``; ``watch=False`` turns that off, and connections to an old master are
     then only replaced when they fail. Other keyword options are :class:`RedisPool`'s
@@ -160,6 +226,8 @@ class SentinelRedisPool(RedisPool):
         if options.get("tls") and options.get("ssl_context") is None:
             self._connector_options["ssl_context"] = default_ssl_context()
         self._connectors: dict[tuple[str, int], SocketConnector] = {}
+        # A hostile or broken sentinel may send bad messages by the thousand: one line a minute.
+        self._bad_input_log = RateLimitedLog(log, interval=60.0)
         host, port = self.sentinels[0]  # RedisPool wants an address; connects never use it
         super().__init__(host, port, **options)
         self._watchers: list[gevent.Greenlet[..., None]] = []
@@ -191,10 +259,14 @@ class SentinelRedisPool(RedisPool):
             except (OSError, RedisError) as exc:
                 errors.append(f"{address[0]}:{address[1]}: {exc or type(exc).__name__}")
                 continue
-            if not isinstance(reply, list) or len(reply) != 2:
+            if reply is None:
                 errors.append(f"{address[0]}:{address[1]}: no master named {self.service_name!r}")
                 continue
-            master = (reply[0].decode(), int(reply[1]))
+            try:  # a malformed answer is this sentinel's failure: ask the next one
+                master = parse_master_address(reply)
+            except ValueError as exc:
+                errors.append(f"{address[0]}:{address[1]}: malformed answer: {exc}")
+                continue
             if master in self._demoted:
                 errors.append(f"{address[0]}:{address[1]}: still names the old master")
                 continue
@@ -247,14 +319,35 @@ class SentinelRedisPool(RedisPool):
 
     # -- +switch-master ----------------------------------------------------------------------
 
-    def _switched(self, message: Any) -> None:
-        """Handle one ``+switch-master`` message: ``name old-ip old-port new-ip new-port``."""
-        if isinstance(message, bytes):
-            message = message.decode(errors="replace")
-        parts = str(message).split()
-        if len(parts) != 5 or parts[0] != self.service_name:
+    def _on_watch_message(self, message: Any) -> None:
+        """Handle one message a watcher read on its subscription. Never raises on bad input:
+        a message that is not a well-formed ``+switch-master`` is logged and ignored, so one
+        hostile or broken sentinel cannot stop the watcher hearing the next real failover."""
+        if not isinstance(message, list) or not message or message[0] != b"message":
+            return  # a PING reply, a subscription confirmation, ...
+        if len(message) != 3 or message[1] != b"+switch-master":
+            self._bad_input_log.log(
+                logging.WARNING, "message", "pool %r: ignoring a malformed sentinel message",
+                self.name,
+            )  # fmt: skip
             return
-        old, new = (parts[1], int(parts[2])), (parts[3], int(parts[4]))
+        self._switched(message[2])
+
+    def _switched(self, message: Any) -> None:
+        """Handle one ``+switch-master`` payload: ``name old-ip old-port new-ip new-port``
+        (a malformed one is logged and ignored)."""
+        switch = parse_switch_master(message)
+        if switch is None:
+            self._bad_input_log.log(
+                logging.WARNING, "switch",
+                "pool %r: ignoring a malformed +switch-master message %r",
+                self.name,
+                message[:200] if isinstance(message, (bytes, str)) else type(message).__name__,
+            )  # fmt: skip
+            return
+        service, old, new = switch
+        if service != self.service_name:
+            return
         if self._last_switch == (old, new):
             return  # another sentinel's announcement of the same switch
         self._last_switch = (old, new)
@@ -264,8 +357,7 @@ class SentinelRedisPool(RedisPool):
             "pool %r: %s switched master %s:%s -> %s:%s; replacing connections",
             self.name,
             self.service_name,
-            parts[1],
-            parts[2],
+            *old,
             *new,
         )
         self.master_address = new
@@ -313,12 +405,17 @@ def _alive(ref: weakref.ref[SentinelRedisPool]) -> bool:
     return pool is not None and not pool.closed
 
 
+def _readable(sock: gevent.socket.socket) -> bool:
+    readable, _, _ = gevent.select.select([sock], [], [], _WATCH_POLL)
+    return bool(readable)
+
+
 def _listen(ref: weakref.ref[SentinelRedisPool], address: tuple[str, int], timeout: float) -> None:
     """Subscribe on one sentinel and handle messages; returns when the pool is gone."""
     sock = gevent.socket.create_connection(address, timeout=timeout)
     try:
         sock.settimeout(timeout)
-        conn = RedisConnection(sock)
+        conn = RedisConnection(sock, socket_timeout=timeout)  # one deadline per message
         conn.send(("SUBSCRIBE", "+switch-master"))
         conn.read_reply()
         pool = ref()
@@ -328,7 +425,8 @@ def _listen(ref: weakref.ref[SentinelRedisPool], address: tuple[str, int], timeo
         del pool
         quiet = 0
         while True:
-            readable, _, _ = gevent.select.select([sock], [], [], _WATCH_POLL)
+            # Messages that arrived together wait in the reader's buffer, not in the socket.
+            readable = conn.reader.buffered() or _readable(sock)
             if not _alive(ref):
                 return
             if not readable:
@@ -341,8 +439,7 @@ def _listen(ref: weakref.ref[SentinelRedisPool], address: tuple[str, int], timeo
             pool = ref()
             if pool is None:
                 return
-            if isinstance(message, list) and len(message) == 3 and message[0] == b"message":
-                pool._switched(message[2])
+            pool._on_watch_message(message)
             del pool  # hold no strong reference while blocked
     finally:
         sock.close()

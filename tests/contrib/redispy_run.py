@@ -33,7 +33,9 @@ def main() -> None:
 
 
 def run(server: RedisServer) -> dict[str, object]:
-    pool = RedisPyConnectionPool("127.0.0.1", server.port, max_size=10, timeout=10)
+    # fail_fast=False: the callers wait through the restart (with fail_fast, on by default in
+    # the adapter, they would get PoolUnavailableError at once, as redis-py's own pool does)
+    pool = RedisPyConnectionPool("127.0.0.1", server.port, max_size=10, timeout=10, fail_fast=False)
     r = redis.Redis(connection_pool=pool)
     halfway, restarted = gevent.event.Event(), gevent.event.Event()
     done, peak = [0], [0]

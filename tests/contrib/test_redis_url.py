@@ -70,7 +70,8 @@ def test_parses_like_redis_py(url: str, expected: dict[str, Any]) -> None:
         ("redis://localhost?socket_connect_timeout=abc", "socket_connect_timeout"),
         ("redis://localhost?socket_keepalive=maybe", "socket_keepalive"),
         ("redis://localhost?db=x", "db"),
-        ("redis://localhost?no_such_option=1", "no_such_option"),
+        ("redis://localhost?no_such_option=1", "unsupported query argument"),
+        ("redis://localhost?socket_timout=1", "did you mean 'socket_timeout'"),
         ("redis://localhost?ssl_cert_reqs=none", "rediss"),
         ("redis://localhost:99999", "port"),
         ("unix://", "socket path"),
@@ -128,3 +129,77 @@ def test_from_url_against_a_real_server_never_shows_the_password(
     assert f"{LOOPBACK}:{fresh_redis.port}" in str(info.value.__cause__)
     for text in (repr(pool), repr(unix), repr(wrong), pool.name, str(info.value), caplog.text):
         assert "pa:ss/w@rd" not in text and "wrong-secret" not in text
+
+
+# -- issue 19 (6): no piece of a password in errors; TLS files and db numbers named --------------
+
+SECRET = "S3cr"  # the first characters of each password below: none may appear in an error
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"redis://:{SECRET}#et@localhost:6379/0",
+        f"redis://:{SECRET}/et@localhost:6379/0",
+        f"redis://:{SECRET}?et@localhost:6379/0",
+        f"redis://user:{SECRET}#x/y?z@localhost",
+        f"redis://user:{SECRET}?a=b&c@localhost",
+        f"rediss://:{SECRET}#et@localhost",
+        f"unix://:{SECRET}/et@/tmp/redis.sock",
+        f"unix://:{SECRET}#et@/tmp/redis.sock",
+        f"redis://:9{SECRET}/et@localhost",
+        f"redis://:QX?{SECRET}=@localhost:6379/0",  # found by the slow fuzz profile
+        f"redis://:QX?a=b&{SECRET}@localhost",
+    ],
+)
+def test_an_unencoded_password_never_leaks_into_the_error(url: str) -> None:
+    with pytest.raises(ValueError) as info:
+        RedisPool.from_url(url, size=1, open=False)
+    message = str(info.value)
+    assert SECRET not in message and "et@" not in message
+    assert "percent-encode" in message
+    assert (info.value.__cause__ is None and info.value.__context__ is None) or (
+        SECRET not in str(info.value.__context__)
+    )
+
+
+@pytest.mark.parametrize(
+    "query, argument",
+    [
+        ("ssl_ca_certs=/nonexistent/ca.pem", "ssl_ca_certs"),
+        ("ssl_certfile=/nonexistent/cert.pem", "ssl_certfile"),
+        ("ssl_certfile=/nonexistent/cert.pem&ssl_keyfile=/nonexistent/key.pem", "ssl_keyfile"),
+        ("ssl_keyfile=/nonexistent/key.pem", "ssl_keyfile"),
+        ("ssl_ca_certs=SELF", "ssl_ca_certs"),  # a file that exists but holds no certificate
+        ("ssl_certfile=SELF", "ssl_certfile"),
+    ],
+)
+def test_a_bad_tls_file_is_a_value_error_naming_the_argument(query: str, argument: str) -> None:
+    query = query.replace("SELF", __file__)
+    with pytest.raises(ValueError, match=argument):
+        RedisPool.from_url(f"rediss://localhost?{query}", size=1, open=False)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://localhost/2147483648",
+        "redis://localhost?db=2147483648",
+        "redis://localhost/99999999999999999999",
+        "redis://localhost?db=-1",
+        "redis://localhost/-1",
+        "redis://localhost/1_0",
+        "redis://localhost/%D9%A3",  # an Arabic-Indic digit: int() takes it, Redis does not
+    ],
+)
+def test_a_database_number_no_redis_has_is_refused_naming_db(url: str) -> None:
+    with pytest.raises(ValueError, match="db"):
+        RedisPool.from_url(url, size=1, open=False)
+
+
+def test_the_largest_database_number_is_accepted_and_the_pool_refuses_beyond() -> None:
+    assert parse_redis_url("redis://localhost/2147483647")["db"] == 2**31 - 1
+    assert parse_redis_url("redis://localhost?db=000000000003")["db"] == 3  # as int() reads it
+    for db in (2**31, -1, 2**64):
+        with pytest.raises(ValueError, match="db"):
+            RedisPool("localhost", db=db, size=1, open=False)
