@@ -238,6 +238,32 @@ def test_greenlet_killed_mid_transaction_leaves_nothing(
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
+def test_greenlet_killed_mid_query_has_its_query_cancelled(
+    postgres_server: PostgresServer, driver: str
+) -> None:
+    """Without the cancel the server runs the killed greenlet's pg_sleep(30) to its end (and
+    keeps its row lock): psycopg2 through the backend's wait callback, psycopg 3 through the
+    pool cancelling before it closes the connection."""
+    seen = run(postgres_server.port, "killed_mid_query", driver)
+    for how in ("autocommit", "atomic"):
+        assert seen[how]["running_before_kill"] and seen[how]["killed"], seen
+        assert seen[how]["cleared"] and seen[how]["cleared_after"] < 1.5, seen
+        assert seen[how]["lock_free"] and seen[how]["returned"], seen
+
+
+def test_psycogreens_wait_callback_is_replaced_by_the_cancelling_one(
+    postgres_server: PostgresServer,
+) -> None:
+    """Apps coming from django-db-geventpool call psycogreen's patch_psycopg() themselves: the
+    backend swaps its callback for the one that cancels a killed greenlet's query."""
+    pytest.importorskip("psycopg2")
+    pytest.importorskip("psycogreen")
+    seen = run(postgres_server.port, "killed_mid_query", "psycopg2", GCP_PSYCOGREEN="1")
+    for how in ("autocommit", "atomic"):
+        assert seen[how]["cleared"] and seen[how]["cleared_after"] < 1.5, seen
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
 def test_forked_child_never_uses_the_parents_connections(
     postgres_server: PostgresServer, driver: str
 ) -> None:
