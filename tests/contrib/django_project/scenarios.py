@@ -202,7 +202,9 @@ def _transactions(alias: str) -> dict[str, Any]:
         with transaction.atomic(using=alias):
             Item.objects.using(alias).create(name="tx-inner-kept")
             transaction.on_commit(lambda: calls.append("inner-kept"), using=alias)
-        sid = transaction.savepoint(using=alias)
+        # savepoint() before Django 6.1, which deprecates it for savepoint_create()
+        create = getattr(transaction, "savepoint_create", transaction.savepoint)
+        sid = create(using=alias)
         Item.objects.using(alias).create(name="tx-manual-savepoint")
         transaction.savepoint_rollback(sid, using=alias)
         calls.append("before-commit")
