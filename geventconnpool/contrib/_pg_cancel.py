@@ -21,6 +21,7 @@ from typing import Any
 
 from gevent.hub import get_hub
 from gevent.socket import wait_read, wait_write
+from greenlet import getcurrent
 
 __all__ = ["cancel_running_query", "mid_query", "patch_psycopg2", "psycopg2_wait_callback"]
 
@@ -44,10 +45,13 @@ def cancel_running_query(connection: Any) -> bool:
     """Cancel the query still running on a psycopg 3 ``connection`` (one being discarded after
     an interrupt); True if a cancel request reached the server.
 
-    Call it from a greenlet, not from the hub (which cannot wait for the threadpool); a failed
-    cancel is logged at DEBUG and is no error: the connection is closed anyway.
+    From the hub (a loop callback, which cannot wait for the threadpool) nothing is cancelled.
+    A failed cancel is logged at DEBUG and is no error: the connection is closed anyway.
     """
     if not mid_query(connection):
+        return False
+    if getcurrent() is get_hub():  # never a cancel racing with the close that follows
+        log.debug("a running query is not cancelled from the hub; the connection is closed")
         return False
     return _cancel_in_threadpool(connection)
 

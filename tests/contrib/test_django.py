@@ -146,6 +146,56 @@ def test_backend_raises_improperly_configured_and_hides_pool_from_django() -> No
     assert DatabaseWrapper(entry, "replica")._gcp_config["max_size"] == 3  # later wrappers too
 
 
+# -- the cancel of a killed greenlet's query (contrib/_pg_cancel.py), with fake connections ----
+
+
+class _FakePgConn:
+    """What cancel_running_query looks at: libpq's transaction status and cancel()."""
+
+    def __init__(self, status: int, fail: bool = False) -> None:
+        self.info = type("Info", (), {"transaction_status": status})()
+        self.fail = fail
+        self.cancelled_in: list[int] = []
+
+    def cancel(self) -> None:
+        import threading
+
+        self.cancelled_in.append(threading.get_native_id())
+        if self.fail:
+            raise OSError("cancel refused")
+
+
+def test_cancel_running_query_only_for_a_running_query_and_never_from_the_hub() -> None:
+    import threading
+
+    import gevent
+    import gevent.event
+
+    from geventconnpool.contrib._pg_cancel import cancel_running_query
+
+    running, idle = _FakePgConn(1), _FakePgConn(0)
+    assert gevent.spawn(cancel_running_query, running).get(timeout=10) is True
+    assert len(running.cancelled_in) == 1  # in gevent's threadpool: PQcancel blocks
+    assert running.cancelled_in[0] != threading.get_native_id()
+    assert gevent.spawn(cancel_running_query, idle).get(timeout=10) is False
+    assert idle.cancelled_in == []
+    refused = _FakePgConn(1, fail=True)  # no error out of it: the connection is closed anyway
+    assert gevent.spawn(cancel_running_query, refused).get(timeout=10) is False
+    from_hub = _FakePgConn(1)  # a loop callback cannot wait for the threadpool: no cancel
+    results: list[bool] = []
+    done = gevent.event.Event()
+
+    def in_hub() -> None:
+        results.append(cancel_running_query(from_hub))
+        done.set()
+
+    gevent.get_hub().loop.run_callback(in_hub)
+    assert done.wait(10)
+    gevent.get_hub().threadpool.join()  # a cancel started in a thread all the same would show
+    assert results == [False] and from_hub.cancelled_in == []
+    assert cancel_running_query(object()) is False  # another driver: nothing to cancel
+
+
 # -- behaviours, with both drivers --------------------------------------------------------------
 
 
