@@ -38,10 +38,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import gevent.lock
-from gevent.hub import get_hub
-from gevent.socket import wait_read, wait_write
 
 from ._extras import install_command, missing_extra
+from ._pg_cancel import cancel_running_query, patch_psycopg2, psycopg2_wait_callback
 
 try:
     import sqlalchemy
@@ -77,8 +76,6 @@ __all__ = [
 ]
 
 _UNSET: Any = object()
-_TX_ACTIVE = 1  # libpq PQTRANS_ACTIVE: a command is in progress
-_POLL_OK, _POLL_READ, _POLL_WRITE = 0, 1, 2  # psycopg2.extensions.POLL_*
 
 #: SQLAlchemy's pool argument (as ``create_engine`` spells it) and the option of ours it sets.
 SQLALCHEMY_ARGUMENTS: Mapping[str, str] = {
@@ -387,11 +384,8 @@ class GeventPool(Pool):
         blocks, so it runs in gevent's threadpool. psycopg2 closes such a connection itself:
         :func:`patch_psycopg2`'s wait callback cancels its query instead.
         """
-        if terminate and _mid_query(connection):
-            try:
-                get_hub().threadpool.apply(connection.cancel)
-            except Exception:
-                self.logger.debug("cancelling the running query failed", exc_info=True)
+        if terminate:
+            cancel_running_query(connection)
         super()._close_connection(connection, terminate=terminate)
 
     # ------------------------------------------------------------------ records
@@ -421,56 +415,9 @@ class GeventPool(Pool):
         )
 
 
-def _mid_query(connection: Any) -> bool:
-    """A command is still running on ``connection``, as psycopg 3 reports it
-    (``info.transaction_status`` ACTIVE) and it can be cancelled."""
-    try:
-        status = connection.info.transaction_status
-        return int(status) == _TX_ACTIVE and callable(getattr(connection, "cancel", None))
-    except Exception:  # another driver, or a closed connection: nothing to cancel
-        return False
-
-
 def _left(deadline: float | None) -> float | None:
     """Seconds left until ``deadline`` (None: no deadline)."""
     return None if deadline is None else max(0.0, deadline - time.monotonic())
-
-
-# ---------------------------------------------------------------------- psycopg2
-def psycopg2_wait_callback(conn: Any, timeout: float | None = None) -> None:
-    """psycogreen's gevent wait callback, plus: a wait interrupted (greenlet killed, a
-    ``gevent.Timeout``) first cancels the running query at the server.
-
-    psycopg2 closes a connection whose wait callback raised; without the cancel the server runs
-    the query to its end, holding its transaction and locks, before it notices the client is
-    gone. ``PQcancel`` blocks, so it runs in gevent's threadpool; the hub keeps serving.
-    """
-    try:
-        while True:
-            state = conn.poll()
-            if state == _POLL_OK:
-                return
-            if state == _POLL_READ:
-                wait_read(conn.fileno(), timeout=timeout)
-            elif state == _POLL_WRITE:
-                wait_write(conn.fileno(), timeout=timeout)
-            else:
-                raise OSError(f"psycopg2: bad result from poll(): {state!r}")
-    except BaseException:
-        if conn.get_transaction_status() == _TX_ACTIVE:  # a query runs: cancel it
-            try:
-                get_hub().threadpool.apply(conn.cancel)
-            except Exception:
-                pass  # the connection is closed anyway; the server ends the query later
-        raise
-
-
-def patch_psycopg2() -> None:
-    """Make psycopg2 cooperative under gevent with :func:`psycopg2_wait_callback`: instead of
-    ``psycogreen.gevent.patch_psycopg()``, which does the same without the cancel."""
-    import psycopg2.extensions
-
-    psycopg2.extensions.set_wait_callback(psycopg2_wait_callback)
 
 
 def _options_given(options: Mapping[str, Any] | None, kw: dict[str, Any]) -> dict[str, Any]:

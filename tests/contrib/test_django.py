@@ -32,6 +32,11 @@ def _driver(name: str) -> Any:
 
 DRIVERS = [_driver("psycopg"), _driver("psycopg2")]
 
+#: The scenario processes turn deprecations into errors, as pytest does here (pyproject's
+#: filterwarnings): a Django release deprecating something the backend (or the test project)
+#: uses fails these tests in ``make ci-django``, before the release that removes it.
+STRICT_WARNINGS = {"PYTHONWARNINGS": "error::DeprecationWarning,error::PendingDeprecationWarning"}
+
 pytestmark = [pytest.mark.postgres]
 
 
@@ -51,6 +56,7 @@ def run(
         "GCP_DJANGO_DRIVER": driver,
         "GCP_DB_TIME_ZONE": "Asia/Tokyo",
         "GCP_POOL": json.dumps(pool or {"max_size": 10, "timeout": 5}),
+        **STRICT_WARNINGS,
         **env,
     }
     proc = subprocess.run(
@@ -138,6 +144,56 @@ def test_backend_raises_improperly_configured_and_hides_pool_from_django() -> No
     assert entry["OPTIONS"] == {"sslmode": "disable"}  # Django's code never sees "pool"
     assert wrapper.pool is None  # nor uses its own psycopg_pool
     assert DatabaseWrapper(entry, "replica")._gcp_config["max_size"] == 3  # later wrappers too
+
+
+# -- the cancel of a killed greenlet's query (contrib/_pg_cancel.py), with fake connections ----
+
+
+class _FakePgConn:
+    """What cancel_running_query looks at: libpq's transaction status and cancel()."""
+
+    def __init__(self, status: int, fail: bool = False) -> None:
+        self.info = type("Info", (), {"transaction_status": status})()
+        self.fail = fail
+        self.cancelled_in: list[int] = []
+
+    def cancel(self) -> None:
+        import threading
+
+        self.cancelled_in.append(threading.get_native_id())
+        if self.fail:
+            raise OSError("cancel refused")
+
+
+def test_cancel_running_query_only_for_a_running_query_and_never_from_the_hub() -> None:
+    import threading
+
+    import gevent
+    import gevent.event
+
+    from geventconnpool.contrib._pg_cancel import cancel_running_query
+
+    running, idle = _FakePgConn(1), _FakePgConn(0)
+    assert gevent.spawn(cancel_running_query, running).get(timeout=10) is True
+    assert len(running.cancelled_in) == 1  # in gevent's threadpool: PQcancel blocks
+    assert running.cancelled_in[0] != threading.get_native_id()
+    assert gevent.spawn(cancel_running_query, idle).get(timeout=10) is False
+    assert idle.cancelled_in == []
+    refused = _FakePgConn(1, fail=True)  # no error out of it: the connection is closed anyway
+    assert gevent.spawn(cancel_running_query, refused).get(timeout=10) is False
+    from_hub = _FakePgConn(1)  # a loop callback cannot wait for the threadpool: no cancel
+    results: list[bool] = []
+    done = gevent.event.Event()
+
+    def in_hub() -> None:
+        results.append(cancel_running_query(from_hub))
+        done.set()
+
+    gevent.get_hub().loop.run_callback(in_hub)
+    assert done.wait(10)
+    gevent.get_hub().threadpool.join()  # a cancel started in a thread all the same would show
+    assert results == [False] and from_hub.cancelled_in == []
+    assert cancel_running_query(object()) is False  # another driver: nothing to cancel
 
 
 # -- behaviours, with both drivers --------------------------------------------------------------
@@ -238,6 +294,32 @@ def test_greenlet_killed_mid_transaction_leaves_nothing(
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
+def test_greenlet_killed_mid_query_has_its_query_cancelled(
+    postgres_server: PostgresServer, driver: str
+) -> None:
+    """Without the cancel the server runs the killed greenlet's pg_sleep(30) to its end (and
+    keeps its row lock): psycopg2 through the backend's wait callback, psycopg 3 through the
+    pool cancelling before it closes the connection."""
+    seen = run(postgres_server.port, "killed_mid_query", driver)
+    for how in ("autocommit", "atomic"):
+        assert seen[how]["running_before_kill"] and seen[how]["killed"], seen
+        assert seen[how]["cleared"] and seen[how]["cleared_after"] < 1.5, seen
+        assert seen[how]["lock_free"] and seen[how]["returned"], seen
+
+
+def test_psycogreens_wait_callback_is_replaced_by_the_cancelling_one(
+    postgres_server: PostgresServer,
+) -> None:
+    """Apps coming from django-db-geventpool call psycogreen's patch_psycopg() themselves: the
+    backend swaps its callback for the one that cancels a killed greenlet's query."""
+    pytest.importorskip("psycopg2")
+    pytest.importorskip("psycogreen")
+    seen = run(postgres_server.port, "killed_mid_query", "psycopg2", GCP_PSYCOGREEN="1")
+    for how in ("autocommit", "atomic"):
+        assert seen[how]["cleared"] and seen[how]["cleared_after"] < 1.5, seen
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
 def test_forked_child_never_uses_the_parents_connections(
     postgres_server: PostgresServer, driver: str
 ) -> None:
@@ -259,6 +341,7 @@ def test_djangos_test_runner_creates_migrates_and_drops(
         "GCP_DJANGO_DRIVER": driver,
         "GCP_TEST_DB": test_db,
         "GCP_POOL": json.dumps({"max_size": 4, "timeout": 5}),
+        **STRICT_WARNINGS,
     }
     proc = subprocess.run(
         [

@@ -20,6 +20,7 @@ from greenlet import getcurrent
 from greenlet import greenlet as RawGreenlet
 
 from ..._options import BY_NAME, check_int, check_sizes
+from .._pg_cancel import cancel_running_query
 from ..dbapi import DbApiPool
 
 __all__ = [
@@ -192,6 +193,14 @@ class DjangoPgPool(DbApiPool[Any]):
             )
             return False
         return True
+
+    def _close_connection(self, conn: Any) -> None:
+        """Close a connection; one discarded while its query still runs (psycopg 3, a greenlet
+        killed or timed out in ``execute``) first has that query cancelled at the server, which
+        would otherwise run it to its end, holding its transaction and locks. (psycopg2's wait
+        callback cancels the query itself and closes the connection.)"""
+        cancel_running_query(conn)
+        super()._close_connection(conn)
 
 
 # -- one pool per alias ---------------------------------------------------------------------------

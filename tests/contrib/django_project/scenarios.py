@@ -202,7 +202,9 @@ def _transactions(alias: str) -> dict[str, Any]:
         with transaction.atomic(using=alias):
             Item.objects.using(alias).create(name="tx-inner-kept")
             transaction.on_commit(lambda: calls.append("inner-kept"), using=alias)
-        sid = transaction.savepoint(using=alias)
+        # savepoint() before Django 6.1, which deprecates it for savepoint_create()
+        create = getattr(transaction, "savepoint_create", transaction.savepoint)
+        sid = create(using=alias)
         Item.objects.using(alias).create(name="tx-manual-savepoint")
         transaction.savepoint_rollback(sid, using=alias)
         calls.append("before-commit")
@@ -514,6 +516,58 @@ def killed_mid_transaction() -> dict[str, Any]:
 
 
 @scenario
+def killed_mid_query() -> dict[str, Any]:
+    """A greenlet killed while the server runs its ``SELECT pg_sleep(30)`` (in autocommit, and
+    inside atomic() holding a row lock): the query is cancelled at the server, so within about a
+    second no query of ours is active and the row lock is free, not 30 s later."""
+    Item.objects.filter(name="locked").delete()
+    row = Item.objects.create(name="locked")
+    connection.close()
+    sleeping = "SELECT pg_sleep(30)"
+    sql = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND query = %s"
+
+    def running() -> bool:  # the killed greenlet's query, still running at the server
+        return bool(admin(sql + " AND state = 'active'", (APP, sleeping))[0][0])
+
+    def autocommit() -> None:
+        with connection.cursor() as cur:
+            cur.execute(sleeping)
+
+    def in_atomic() -> None:
+        with transaction.atomic():
+            Item.objects.select_for_update().get(pk=row.pk)
+            with connection.cursor() as cur:
+                cur.execute(sleeping)
+
+    out: dict[str, Any] = {}
+    for name, body in (("autocommit", autocommit), ("atomic", in_atomic)):
+        job = gevent.spawn(body)
+        started = wait_until(running, 10)
+        start = time.monotonic()
+        job.kill(block=True, timeout=10)
+        cleared = wait_until(lambda: not running(), 5)
+        out[name] = {
+            "running_before_kill": started,
+            "killed": job.dead,
+            "cleared": cleared,
+            "cleared_after": round(time.monotonic() - start, 3),
+            "lock_free": _row_lock_free(row.pk),
+            "returned": wait_until(lambda: pool().stats().in_use == 0, 10),
+        }
+    out["discarded"] = str(pool().stats().discarded)
+    return out
+
+
+def _row_lock_free(pk: int) -> bool:
+    """Whether another session can lock the row at once (``FOR UPDATE NOWAIT``)."""
+    try:
+        admin("SELECT id FROM shop_item WHERE id = %s FOR UPDATE NOWAIT", (pk,))
+    except OperationalError:
+        return False
+    return True
+
+
+@scenario
 def outer_timeout() -> dict[str, Any]:
     """A gevent.Timeout of the caller's own, while it waits for a connection, comes out as that
     same Timeout (not an OperationalError) and leaves no waiter behind."""
@@ -669,6 +723,10 @@ def fork() -> dict[str, Any]:
 
 def main() -> None:
     name = sys.argv[1]
+    if os.environ.get("GCP_PSYCOGREEN"):  # the user's own psycogreen patch, as in its docs
+        import psycogreen.gevent
+
+        psycogreen.gevent.patch_psycopg()
     if name != "backend_down":
         call_command("migrate", verbosity=0)
         connection.close()

@@ -11,6 +11,8 @@ its connections taken from a geventconnpool pool, one per alias and process:
 * ``CONN_MAX_AGE`` is ignored: the connection goes back at the end of every request (the pool
   is what persists); ``CONN_HEALTH_CHECKS`` too (the pool probes every connection it hands out).
 * A greenlet that ends without closing its connection gives it back all the same.
+* A greenlet killed mid-query has its query cancelled at the server (psycopg2: the wait
+  callback the backend installs; psycopg 3: the pool, before it closes the connection).
 * A pool error (timeout, pool closed, backend down with ``fail_fast``) reaches Django code as
   ``django.db.OperationalError``, naming the alias, the pool and the cause.
 """
@@ -35,6 +37,7 @@ except ImportError as exc:  # pragma: no cover - the extra is missing
     raise missing_extra("django", "django", __name__, exc) from exc
 
 from ....errors import PoolError
+from ..._pg_cancel import patch_psycopg2, psycopg2_wait_callback
 from ...dbapi import default_name
 from .._pool import (
     DjangoPgPool,
@@ -266,18 +269,23 @@ _warned_blocking = False
 
 
 def _make_driver_cooperative() -> None:
-    """psycopg2: install psycogreen's wait callback if none is set. psycopg 3: warn once if it
-    was imported before gevent patched ``select`` (then every query blocks the process)."""
+    """psycopg2: install the wait callback that cancels a killed greenlet's query (in place of
+    none, or of psycogreen's, which does the same without the cancel; a callback of another
+    kind is left alone). psycopg 3: warn once if it was imported before gevent patched
+    ``select`` (then every query blocks the process)."""
     global _warned_blocking
     if not is_psycopg3:
         import psycopg2.extensions
 
-        if psycopg2.extensions.get_wait_callback() is None:
-            try:
-                import psycogreen.gevent
-            except ImportError:
-                return  # DbApiPool logs the warning that names the fix
-            psycogreen.gevent.patch_psycopg()
+        current = psycopg2.extensions.get_wait_callback()
+        if current is None or getattr(current, "__module__", None) == "psycogreen.gevent":
+            patch_psycopg2()
+        elif current is not psycopg2_wait_callback:
+            log.info(
+                "psycopg2 has a wait callback of its own (%r): a killed greenlet's query is "
+                "cancelled only if it cancels it",
+                current,
+            )
         return
     import sys
 
