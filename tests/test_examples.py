@@ -377,9 +377,14 @@ EXTRAS_NEEDED: dict[str, list[tuple[str, str]]] = {
     "thrift_pool.py": [("thriftpy2", "pip install -e '.[thrift]'")],
     "tls_pool.py": [("trustme", "pip install trustme")],
     "https_keepalive.py": [("trustme", "pip install trustme")],
+    "flask_sqlalchemy_app.py": [
+        (module, "flask flask-sqlalchemy gunicorn")
+        for module in ("sqlalchemy", "psycopg2", "flask", "flask_sqlalchemy", "gunicorn")
+    ],
 }
 SERVER_NEEDED = {"redis_pool.py": "Redis server", "redispy_pool.py": "Redis server",
-                 "postgres_pool.py": "PostgreSQL server"}  # fmt: skip
+                 "postgres_pool.py": "PostgreSQL server",
+                 "flask_sqlalchemy_app.py": "PostgreSQL server"}  # fmt: skip
 
 BLOCK_MODULE = """
 import importlib.abc, runpy, sys

@@ -13,5 +13,8 @@ or let ``run.py`` start gunicorn, send requests and count the server's sessions:
 
 Environment: ``DJANGO_DB_HOST`` (127.0.0.1), ``DJANGO_DB_PORT`` (5432), ``DJANGO_DB_NAME``
 (postgres), ``DJANGO_DB_USER`` (postgres), ``DJANGO_DB_PASSWORD``, ``DJANGO_POOL_SIZE`` (connections
-per worker, 4). Needs ``pip install "geventconnpool[django] @ git+https://github.com/geventconnpool/geventconnpool" gunicorn``.
+per worker, 4). Needs::
+
+    pip install "geventconnpool[django] @ git+https://github.com/geventconnpool/geventconnpool" \
+        gunicorn
 """

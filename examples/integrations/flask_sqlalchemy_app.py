@@ -16,9 +16,11 @@ server saw, stop)::
 
     python examples/integrations/flask_sqlalchemy_app.py --port 5432
 
-Needs: flask, flask-sqlalchemy, sqlalchemy, psycopg2, gunicorn
-(``pip install "geventconnpool[sqlalchemy,postgres] @ git+https://github.com/geventconnpool/geventconnpool" flask flask-sqlalchemy gunicorn``) and a
-PostgreSQL server. Environment of the app: ``DATABASE_URL``, ``POOL_SIZE`` (per worker,
+Needs: a PostgreSQL server (``make servers-up`` starts one on 127.0.0.1:5432, user ``postgres``,
+no password), and flask, flask-sqlalchemy, sqlalchemy, psycopg2, gunicorn
+(``pip install "geventconnpool[sqlalchemy,postgres] @
+git+https://github.com/geventconnpool/geventconnpool" flask flask-sqlalchemy gunicorn``).
+Environment of the app: ``DATABASE_URL``, ``POOL_SIZE`` (per worker,
 default 4).
 """
 
@@ -33,7 +35,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from geventconnpool.contrib.sqlalchemy import GeventPool, patch_psycopg2
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # examples/_needs.py
+import _needs
+
+INSTALL = (
+    'pip install "geventconnpool[sqlalchemy,postgres] @ '
+    'git+https://github.com/geventconnpool/geventconnpool" flask flask-sqlalchemy gunicorn'
+)
+for _module in ("sqlalchemy", "psycopg2", "flask", "flask_sqlalchemy", "gunicorn"):
+    _needs.package(_module, INSTALL)
+
+from geventconnpool.contrib.sqlalchemy import GeventPool, patch_psycopg2  # noqa: E402
 
 patch_psycopg2()  # psycopg2 waits through gevent (and cancels a query whose greenlet dies)
 
@@ -241,5 +253,7 @@ if __name__ == "__main__":
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--size", type=int, default=3, help="connections per worker")
     args = parser.parse_args()
+    if args.url is None:
+        _needs.server((args.host, args.port), "PostgreSQL server")
     url = args.url or f"postgresql+psycopg2://{args.user}@{args.host}:{args.port}/{args.db}"
     raise SystemExit(run(url, args.requests, args.workers, args.size))

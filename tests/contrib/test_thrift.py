@@ -31,12 +31,16 @@ class Handler:
         self.events: list[str] = []
         self.got_event = gevent.event.Event()
         self.calls: dict[str, int] = {}
+        self.drop_next: Any = None  # called inside the next ping(): drops connections mid-call
 
     def _count(self, name: str) -> None:
         self.calls[name] = self.calls.get(name, 0) + 1
 
     def ping(self) -> str:
         self._count("ping")
+        if self.drop_next is not None:
+            drop, self.drop_next = self.drop_next, None
+            drop()  # after the hand-out probe: only the call itself can see it
         return "pong"
 
     def put(self, key: str, value: str) -> None:
@@ -170,9 +174,9 @@ def test_proxy_retries_on_a_dropped_connection(served: Any, closing: list[Any]) 
     closing.append(pool)
     kv = pool.proxy(retries=2, retry_interval=0)
     assert kv.ping() == "pong"
-    server.close_all()  # the server drops the idle connection; no checkout check will notice
+    handler.drop_next = server.close_all  # the server drops the connection in the middle of ping
     assert kv.ping() == "pong"  # first attempt fails on the dead connection, the retry works
-    assert handler.calls["ping"] == 2
+    assert handler.calls["ping"] == 3
     assert pool.stats().discarded.error == 1
     assert pool.stats().created == 2
 
@@ -180,7 +184,7 @@ def test_proxy_retries_on_a_dropped_connection(served: Any, closing: list[Any]) 
 def test_proxy_retries_are_logged_on_the_pool_logger(
     served: Any, closing: list[Any], caplog: pytest.LogCaptureFixture
 ) -> None:
-    server, _, framed = served
+    server, handler, framed = served
     pool = ThriftPool(
         kv_thrift.KV, LOOPBACK, server.port, framed=framed, size=1, check_idle_after=None,
         name="kv",
@@ -189,7 +193,7 @@ def test_proxy_retries_are_logged_on_the_pool_logger(
     kv = pool.proxy(retries=1, retry_interval=0)
     assert kv.ping.__name__ == "ping"
     kv.ping()
-    server.close_all()
+    handler.drop_next = server.close_all
     with caplog.at_level(logging.INFO, logger="geventconnpool"):
         assert kv.ping() == "pong"
     lines = [(r.name, r.levelno, r.getMessage()) for r in caplog.records if "ping()" in r.msg]
@@ -202,14 +206,14 @@ def test_proxy_retries_are_logged_on_the_pool_logger(
 def test_without_retries_the_connection_error_reaches_the_caller(
     served: Any, closing: list[Any]
 ) -> None:
-    server, _, framed = served
+    server, handler, framed = served
     pool = ThriftPool(
         kv_thrift.KV, LOOPBACK, server.port, framed=framed, size=1, check_idle_after=None
     )
     closing.append(pool)
     kv = pool.proxy(retries=0)
     kv.ping()
-    server.close_all()
+    handler.drop_next = server.close_all
     with pytest.raises((TTransportException, OSError)):
         kv.ping()
     assert kv.ping() == "pong"  # the broken one was discarded, a fresh one is used
