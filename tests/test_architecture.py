@@ -28,6 +28,7 @@ LAYERS = {
     "_hooks": 2,
     "_log": 2,
     "_options": 3,
+    "_loop": 3,
     "retry": 4,
     "_state": 4,
     "_maintenance": 4,
@@ -35,6 +36,7 @@ LAYERS = {
     "_connector": 5,
     "pool": 6,
     "_multi": 7,
+    "_room": 7,
     "keyed": 8,
     "balanced": 8,
 }
