@@ -95,6 +95,12 @@ class Loop(Generic[OwnerT]):
         assert self._body is not None, "give a body or override turn()"
         return self._body(owner)
 
+    def weak_turn(self, ref: weakref.ref[OwnerT]) -> float | None:
+        """:meth:`turn` for the owner behind ``ref``. A turn that blocks for long (a
+        subscription) overrides this one instead and holds the owner only while it uses it."""
+        owner = ref()
+        return None if owner is None else self.turn(owner)
+
     @property
     def started(self) -> bool:
         return self._greenlet is not None
@@ -137,14 +143,13 @@ class Loop(Generic[OwnerT]):
 
     def _run_turn(self) -> float | None:
         """One turn: the body's answer, or the backoff after a failure. None: stop."""
-        owner = self._owner()
-        if owner is None:
+        if self._owner() is None:
             return None
         self._event.clear()
         self.next_at = -math.inf
         self.turns += 1
         try:
-            delay = self.turn(owner)
+            delay = self.weak_turn(self._ref)  # no reference to the owner in this frame
         except _STOPPERS:
             raise
         except BaseException as exc:  # the policy: a loop never dies of one turn
