@@ -16,6 +16,7 @@ others hold *idle* connections. Nothing here switches greenlets except the waits
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -42,21 +43,23 @@ class Ledger:
         self.asking = 0  # this pool's callers waiting in line for a token
         self.conns: set[int] = set()  # id() of the connections that hold a token
 
-    def short(self, max_size: int) -> int:
-        """How many more tokens this key's waiting callers need (0: they wait in the pool).
+    def need(self, max_size: int) -> int:
+        """Tokens this pool may turn into sockets now: one per caller in the pool (not in line)
+        that no idle or connecting socket covers, up to the pool's ``max_size``."""
+        holders = self.busy - self.waiting
+        # idle or connecting sockets serve the waiting callers; fewer sockets than holders is
+        # a holder whose connection was just closed, before it left the map
+        unheld = max(0, self.held - holders)
+        in_pool = self.waiting - self.asking
+        return max(0, min(in_pool, max_size - holders) - unheld)
 
-        A socket no caller holds (idle, connecting) serves a waiting caller; so do the spare
-        tokens and those in line; the pool never opens more than ``max_size``.
-        """
-        coming = self.held - (self.busy - self.waiting) + self.spare + self.asking
-        room = max_size - self.held - self.spare - self.asking
-        return max(0, min(self.waiting - coming, room))
+    def short(self, max_size: int) -> int:
+        """Tokens missing for the connects this pool may start (0: every one has its token)."""
+        return max(0, self.need(max_size) - self.spare)
 
     def surplus(self, max_size: int) -> int:
-        """Spare tokens beyond what the waiting callers need: to be given back."""
-        free_sockets = self.held - (self.busy - self.waiting)
-        need = max(0, min(self.waiting, max_size - self.busy + self.waiting) - free_sockets)
-        return max(0, self.spare - max(0, need - self.asking))
+        """Spare tokens no connect of this pool can use now: to be given back."""
+        return max(0, self.spare - self.need(max_size))
 
 
 class _InLine:
@@ -95,31 +98,34 @@ class Tokens:
         """Before a caller waits in its key's pool: take the token its connect will need, if
         any, waiting in line up to ``timeout`` seconds. Raises PoolTimeout, or PoolExhausted
         when ``max_total_waiting`` callers wait already and no idle socket can make room."""
-        if not ledger.short(max_size):
-            return
-        if self.free > 0 and not self.line:
-            self.free -= 1
-            ledger.spare += 1
-            return
-        limit = self.line_limit
-        if limit is not None and len(self.line) >= limit and not reclaimable():
-            self.exhausted += 1
-            raise PoolExhausted(
-                f"{self.name!r}: all max_total={self.cap} connections are in use and "
-                f"{len(self.line)} callers already wait for room "
-                f"(max_total_waiting={self.line_limit}); shed load or raise max_total"
-            )
-        if not self.wait(ledger, timeout):
-            self.timeouts += 1
-            raise PoolTimeout(
-                f"{self.name!r}: no room under max_total={self.cap} within {timeout}s "
-                f"({len(self.line)} other callers wait for room); "
-                "return connections sooner, raise max_total or wait longer"
-            )
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while ledger.short(max_size):
+            if self.free > 0 and not self.line:
+                self.free -= 1
+                ledger.spare += 1
+                continue
+            limit = self.line_limit
+            if limit is not None and len(self.line) >= limit and not reclaimable():
+                self.exhausted += 1
+                raise PoolExhausted(
+                    f"{self.name!r}: all max_total={self.cap} connections are in use and "
+                    f"{len(self.line)} callers already wait for room "
+                    f"(max_total_waiting={limit}); shed load or raise max_total"
+                )
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self.wait(ledger, left):
+                self.timeouts += 1
+                raise PoolTimeout(
+                    f"{self.name!r}: no room under max_total={self.cap} within {timeout}s "
+                    f"({len(self.line)} other callers wait for room); "
+                    "return connections sooner, raise max_total or wait longer"
+                )
 
     def wait(self, ledger: Ledger, timeout: float | None) -> bool:
         """Wait in line for a token for ``ledger`` (it lands in ``ledger.spare``); False when
         ``timeout`` passed. A caller interrupted or timed out leaves the line at once."""
+        if self.closed_error is not None:
+            raise self.closed_error
         w = _InLine(ledger)
         self.line.append(w)
         ledger.asking += 1
@@ -128,7 +134,7 @@ class Tokens:
             w.event.wait(timeout)
         finally:
             ledger.asking -= 1
-            if not w.granted:
+            if not w.granted and self.closed_error is None:  # close() emptied the line
                 self.line.remove(w)
         if self.closed_error is not None:
             raise self.closed_error
@@ -146,15 +152,19 @@ class Tokens:
             self._give()
 
     # -- a pool's sockets (through its hooks) ------------------------------------------------
-    def connect_started(self, ledger: Ledger) -> None:
+    def connect_started(self, ledger: Ledger, max_size: int) -> None:
         """A connect attempt of ``ledger``'s pool is about to open a socket: it takes a token.
 
-        Normally one its caller reserved. A connect no caller reserved for (the pool's own
-        replacement, a connection taken around the map) takes a free one or waits in line.
+        Normally one a caller took for it (spare). A connect no caller took one for (the pool's
+        own, a connection taken around the map) takes a free one or waits in line; if it is
+        interrupted there (its pool closed), a token granted meanwhile goes back.
         """
-        must_wait = ledger.spare == 0 and (self.free == 0 or self.line)
-        if must_wait and not self.wait(ledger, None):
-            raise AssertionError("a token wait without deadline ended without a token")
+        if ledger.spare == 0 and (self.free == 0 or self.line):
+            try:
+                self.wait(ledger, None)
+            except BaseException:
+                self.trim(ledger, max_size)
+                raise
         if ledger.spare:
             ledger.spare -= 1
         else:

@@ -89,6 +89,7 @@ class _KeyedCheckout(Generic[K, C]):
         pools = self._map
         entry = pools._enter(self._key)
         try:
+            pools._trim_pools()  # may switch (closing evicted pools): inside the try
             inner = pools._checkout(entry, self._timeout)
             conn: C = inner.__enter__()
         except BaseException:
@@ -176,7 +177,7 @@ class PoolMap(Generic[K, C]):
         """
         entry = self._enter(key)
         entry.ledger.waiting -= 1
-        self._leave(entry)
+        self._leave(entry)  # may evict LRU pools beyond max_pools, never this one
         return entry.pool
 
     def stats(self, key: K = _UNSET) -> PoolStats:
@@ -236,8 +237,7 @@ class PoolMap(Generic[K, C]):
                     loop.stop()
             if self._tokens is not None:
                 self._tokens.close(PoolClosed(self._closed_message()))
-            for entry in list(self._entries.values()):
-                self._retire(entry, close=False)
+            self._forget(list(self._entries.values()))
         closers = [gevent.spawn(e.pool.close, timeout) for e in list(self._retiring.values())]
         gevent.joinall(closers, raise_error=True)
         for entry in list(self._retiring.values()):
@@ -273,9 +273,12 @@ class PoolMap(Generic[K, C]):
         entry.ledger.busy += 1
         entry.ledger.waiting += 1
         entry.last_used = _monotonic()
+        return entry
+
+    def _trim_pools(self) -> None:
+        """Close the least recently used pools beyond ``max_pools`` (may switch greenlets)."""
         if self._max_pools is not None and len(self._entries) > self._max_pools:
             self._evict_lru()
-        return entry
 
     def _checkout(self, entry: _Entry[K, C], timeout: float | None) -> Any:
         """The key pool's get() context, after taking the token its connect will need (if
@@ -301,14 +304,15 @@ class PoolMap(Generic[K, C]):
         """A caller is done with ``entry`` (returned its connection, or failed to get one)."""
         entry.ledger.busy -= 1
         entry.last_used = _monotonic()
+        if self._tokens is not None:
+            self._tokens.trim_soon(entry.ledger, entry.pool.max_size)
         if self._entries.get(entry.key) is entry:
             self._entries.move_to_end(entry.key)
         else:
             self._drop_if_done(entry)
         if self._room is not None:
             self._room.wake()  # one of its connections may be idle now
-        if self._max_pools is not None and len(self._entries) > self._max_pools:
-            self._evict_lru()
+        self._trim_pools()
 
     def _create(self, key: K) -> _Entry[K, C]:
         """Make ``key``'s pool with the factory and hook it up to the token ledger."""
@@ -334,12 +338,12 @@ class PoolMap(Generic[K, C]):
         return entry
 
     # ------------------------------------------------------------------ sockets (the hooks)
-    def _socket_opening(self, ledger: Ledger) -> None:
+    def _socket_opening(self, ledger: Ledger, pool: ConnectionPool[C]) -> None:
         """A connect of ``ledger``'s pool is about to open a socket: it holds a token."""
         if self._tokens is None:
             ledger.held += 1
         else:
-            self._tokens.connect_started(ledger)
+            self._tokens.connect_started(ledger, pool.max_size)
 
     def _socket_gone(self, key: K, ledger: Ledger, pool: ConnectionPool[C]) -> None:
         """A socket of ``ledger``'s pool closed, or its connect failed: its token goes back
@@ -365,8 +369,7 @@ class PoolMap(Generic[K, C]):
     def _reclaim(self, entry: _Entry[K, C]) -> None:
         """Close ``entry``'s idle connections: the whole pool if nobody uses it. May switch."""
         if entry.ledger.busy == 0:
-            self._evicted += 1
-            self._retire(entry)
+            self._retire([entry])
         else:
             entry.pool.close_idle(keep=entry.ledger.waiting)
 
@@ -376,10 +379,7 @@ class PoolMap(Generic[K, C]):
         is skipped (they would get PoolClosed), so max_pools can be exceeded while all wait."""
         assert self._max_pools is not None
         excess = len(self._entries) - self._max_pools
-        victims = [e for e in self._entries.values() if e.ledger.waiting == 0][:excess]
-        for entry in victims:
-            self._evicted += 1
-            self._retire(entry)
+        self._retire([e for e in self._entries.values() if e.ledger.waiting == 0][:excess])
 
     def _reap_idle(self, limit: float) -> None:
         """Close pools unused for ``limit`` seconds (oldest first; stops at a recent one)."""
@@ -390,28 +390,40 @@ class PoolMap(Generic[K, C]):
                 break
             if entry.ledger.busy == 0:
                 victims.append(entry)
-        for entry in victims:
-            self._evicted += 1
-            self._retire(entry)
+        self._retire(victims)
 
-    def _retire(self, entry: _Entry[K, C], *, close: bool = True) -> None:
-        """Forget ``entry``'s key and close its pool; kept (for stats) until its sockets close.
+    def _retire(self, victims: list[_Entry[K, C]]) -> None:
+        """Evict: forget every victim's key at once (no switch, so no caller can enter one of
+        them meanwhile), then close their pools (which may switch greenlets)."""
+        self._evicted += len(victims)
+        self._forget(victims)
+        self._close_retired(victims)
 
-        Closing may switch greenlets; the entry leaves the map before that.
-        """
-        if self._entries.get(entry.key) is entry:
-            del self._entries[entry.key]
-        self._retiring[entry.ledger] = entry
-        if self._tokens is not None:
-            self._tokens.give_back_spare(entry.ledger)
-        if close:
-            entry.pool.close()
+    def _close_retired(self, victims: list[_Entry[K, C]]) -> None:
+        """Close forgotten pools; if the caller is interrupted, a greenlet closes the rest."""
+        for i, entry in enumerate(victims):
+            try:
+                entry.pool.close()
+            except BaseException:
+                gevent.spawn(self._close_retired, victims[i:])
+                raise
             self._drop_if_done(entry)
+
+    def _forget(self, victims: list[_Entry[K, C]]) -> None:
+        """Take the victims out of the map; they are kept (for stats) until their sockets close."""
+        for entry in victims:
+            if self._entries.get(entry.key) is entry:
+                del self._entries[entry.key]
+            self._retiring[entry.ledger] = entry
+            if self._tokens is not None:
+                self._tokens.give_back_spare(entry.ledger)
 
     def _drop_if_done(self, entry: _Entry[K, C]) -> None:
         """A retired pool with no socket and no caller left: keep its counters, drop it."""
         if entry.ledger.held or entry.ledger.busy or not entry.pool.closed:
             return
+        if self._tokens is not None:  # granted to a connect its closing pool killed
+            self._tokens.give_back_spare(entry.ledger)
         if self._retiring.pop(entry.ledger, None) is not None:
             self._gone = combine_stats(self.name, [self._gone, counters_only(entry.pool.stats())])
 
@@ -433,7 +445,7 @@ def _hook(pools: PoolMap[Any, Any], key: Any, ledger: Ledger, pool: ConnectionPo
         owner = ref()
         if owner is None:
             return original(p)
-        owner._socket_opening(ledger)
+        owner._socket_opening(ledger, p)
         del owner  # a connect may last: do not keep the map alive meanwhile
         try:
             conn = original(p)
