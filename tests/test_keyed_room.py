@@ -9,6 +9,7 @@ no backoff starts and no "connect failed" line is logged.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -124,3 +125,60 @@ def test_max_total_waiting_counts_callers_waiting_for_room(
                 pass
         g.kill()
     assert m.stats().exhausted == 1
+
+
+# -- hostile callers -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_killed_and_timed_out_callers_leave_tokens_and_counts_whole(
+    maps: list[PoolMap[Any, Any]], seed: int
+) -> None:
+    """Callers killed anywhere (in line, entering, evicting, holding) or timing out, with LRU,
+    idle and room eviction all running: every token is free, backs a socket or is spare for a
+    waiting caller at every step; afterwards nobody is counted busy, nothing is spare, and no
+    caller of a live key was handed PoolClosed."""
+    rng = random.Random(seed)
+    sizes = rng.choice([1, 2, 3])
+    m: PoolMap[str, FakeConn] = PoolMap(
+        lambda key: FakePool(max_size=sizes, min_size=0),
+        max_total=rng.choice([1, 3, 10]),
+        max_total_waiting=rng.choice([None, 5, 40]),
+        max_pool_idle=rng.choice([None, 0.01]),
+        max_pools=rng.choice([None, 5, 50]),
+    )
+    maps.append(m)
+    keys = [f"k{i}" for i in range(rng.choice([3, 30, 300]))]
+    unexpected: list[BaseException] = []
+
+    def worker(r: random.Random) -> None:
+        for _ in range(30):
+            try:
+                with m.get(r.choice(keys), timeout=r.choice([0, 0.001, 0.05, 0.5])):
+                    gevent.sleep(r.choice([0, 0, 0.001]))
+            except (PoolTimeout, PoolExhausted):
+                pass
+            except Exception as exc:
+                unexpected.append(exc)
+
+    workers = [gevent.spawn(worker, random.Random(rng.random())) for _ in range(100)]
+    for _ in range(20):
+        gevent.sleep(0.002)
+        rng.choice(workers).kill(block=False)
+        conserved(m)
+    gevent.joinall(workers, timeout=30)
+    assert all(g.dead for g in workers) and not unexpected, unexpected[:3]
+    wait_until(lambda: not m._retiring, what="evicted pools closed")
+    conserved(m)
+    ledgers = [e.ledger for e in m._entries.values()]
+    assert all(led.busy == 0 and led.waiting == 0 and led.spare == 0 for led in ledgers)
+    assert m._tokens is not None and not m._tokens.line
+
+
+def conserved(m: PoolMap[Any, Any]) -> None:
+    tokens = m._tokens
+    assert tokens is not None
+    entries = m._all_entries()
+    held = sum(e.ledger.held for e in entries)
+    spare = sum(e.ledger.spare for e in entries)
+    assert tokens.free + held + spare == tokens.cap, (tokens.free, held, spare)
