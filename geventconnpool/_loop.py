@@ -67,7 +67,7 @@ class Loop(Generic[OwnerT]):
         name: str,
         start: bool = True,
         logger: logging.Logger = _LOG,
-        error_backoff: tuple[float, float] = (1.0, 30.0),
+        error_backoff: tuple[float, float] = (1.0, 10.0),
         error_log_interval: float = 60.0,
     ) -> None:
         self.name = name  # for the log: "pool 'x': scheduler", "'poolmap-1': reaper"

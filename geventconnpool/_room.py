@@ -54,8 +54,16 @@ class Ledger:
         return max(0, min(in_pool, max_size - holders) - unheld)
 
     def short(self, max_size: int) -> int:
-        """Tokens missing for the connects this pool may start (0: every one has its token)."""
-        return max(0, self.need(max_size) - self.spare)
+        """Tokens missing for the connects this pool may start (0: every one has its token).
+
+        ``need() - spare``, written out: it runs on every ``get(key)`` under ``max_total``."""
+        holders = self.busy - self.waiting
+        unheld = self.held - holders
+        if unheld < 0:
+            unheld = 0
+        in_pool = self.waiting - self.asking
+        room = max_size - holders
+        return max(0, (in_pool if in_pool < room else room) - unheld - self.spare)
 
     def surplus(self, max_size: int) -> int:
         """Spare tokens no connect of this pool can use now: to be given back."""

@@ -89,7 +89,8 @@ class _KeyedCheckout(Generic[K, C]):
         pools = self._map
         entry = pools._enter(self._key)
         try:
-            pools._trim_pools()  # may switch (closing evicted pools): inside the try
+            if pools._max_pools is not None:
+                pools._trim_pools()  # may switch (closing evicted pools): inside the try
             inner = pools._checkout(entry, self._timeout)
             conn: C = inner.__enter__()
         except BaseException:
@@ -287,7 +288,7 @@ class PoolMap(Generic[K, C]):
         if timeout is _UNSET:
             timeout = pool.timeout
         tokens = self._tokens
-        if tokens is not None:
+        if tokens is not None and entry.ledger.short(pool.max_size):  # else: no token needed
             started = _monotonic()
             tokens.reserve(entry.ledger, pool.max_size, timeout, self._reclaimable)
             if timeout is not None:
@@ -296,23 +297,27 @@ class PoolMap(Generic[K, C]):
 
     def _stopped_waiting(self, entry: _Entry[K, C]) -> None:
         """A caller of ``entry`` got its connection or gave up: spare tokens may go back."""
-        entry.ledger.waiting -= 1
-        if self._tokens is not None:
-            self._tokens.trim_soon(entry.ledger, entry.pool.max_size)
+        ledger = entry.ledger
+        ledger.waiting -= 1
+        if ledger.spare and self._tokens is not None:
+            self._tokens.trim_soon(ledger, entry.pool.max_size)
 
     def _leave(self, entry: _Entry[K, C]) -> None:
         """A caller is done with ``entry`` (returned its connection, or failed to get one)."""
         entry.ledger.busy -= 1
         entry.last_used = _monotonic()
-        if self._tokens is not None:
-            self._tokens.trim_soon(entry.ledger, entry.pool.max_size)
         if self._entries.get(entry.key) is entry:
             self._entries.move_to_end(entry.key)
         else:
             self._drop_if_done(entry)
-        if self._room is not None:
-            self._room.wake()  # one of its connections may be idle now
-        self._trim_pools()
+        tokens = self._tokens
+        if tokens is not None:
+            if entry.ledger.spare:
+                tokens.trim_soon(entry.ledger, entry.pool.max_size)
+            if tokens.line and self._room is not None:
+                self._room.wake()  # one of its connections may be idle now
+        if self._max_pools is not None:
+            self._trim_pools()
 
     def _create(self, key: K) -> _Entry[K, C]:
         """Make ``key``'s pool with the factory and hook it up to the token ledger."""
