@@ -607,6 +607,14 @@ class PoolState(Generic[C]):
         self._plan_into(plan, now)
         return plan
 
+    def close_idle(self, keep: int, now: float) -> Plan[C]:
+        """Idle connections beyond the ``keep`` warmest close now, coldest first; never below
+        ``min_size`` open (those would only be reopened). For PoolMap's room making (loops)."""
+        plan: Plan[C] = Plan()
+        while len(self.idle) > keep and self.open_count > self.min:
+            self.discard(self.idle.popleft(), "idle", now, plan)
+        return plan
+
     def invalidate(self, now: float) -> Plan[C]:
         """Replace every connection: idle ones close now, held and pinged ones on return."""
         self.generation += 1

@@ -36,12 +36,12 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import gevent
 import gevent.socket
-from gevent.event import Event
 
+from ._loop import Loop
 from ._multi import combine_stats, counters_only, override_hook
 from ._options import DEFAULT_TIMEOUT, check_int, check_name, check_seconds
 from .errors import PoolClosed, PoolUnavailable
@@ -158,6 +158,54 @@ class _BalancedCheckout(Generic[C]):
             ep.outstanding -= 1
 
 
+@dataclass(frozen=True, slots=True)
+class _Settings(Generic[C]):
+    """BalancedPool's checked options (ejection, probes, DNS)."""
+
+    ARGUMENTS: ClassVar[frozenset[str]] = frozenset(
+        (
+            "consecutive_failures", "base_ejection_time", "max_ejection_time",
+            "max_ejection_percent", "probe_interval", "probe_timeout", "probe",
+            "resolve_interval", "resolver",
+        )
+    )  # fmt: skip
+
+    threshold: int  # consecutive_failures
+    base: float  # base_ejection_time
+    cap: float  # max_ejection_time
+    max_percent: int  # max_ejection_percent
+    probe_interval: float
+    probe_timeout: float
+    probe: Callable[[C], object] | None
+    resolve_interval: float | None
+    resolver: Resolver
+
+    @classmethod
+    def check(cls, **given: Any) -> _Settings[C]:
+        """Check each argument; the error names it."""
+        max_percent = check_int("max_ejection_percent", given["max_ejection_percent"], 0) or 0
+        if max_percent > 100:
+            raise ValueError(f"max_ejection_percent must be <= 100, got {max_percent}")
+        probe, resolver = given["probe"], given["resolver"]
+        if probe is not None and not callable(probe):
+            raise TypeError(f"probe must be callable (conn -> anything), not {probe!r}")
+        if resolver is not None and not callable(resolver):
+            raise TypeError(f"resolver must be callable (host -> addresses), not {resolver!r}")
+        return cls(
+            threshold=check_int("consecutive_failures", given["consecutive_failures"], 1) or 1,
+            base=_seconds("base_ejection_time", given["base_ejection_time"]),
+            cap=_seconds("max_ejection_time", given["max_ejection_time"]),
+            max_percent=max_percent,
+            probe_interval=_seconds("probe_interval", given["probe_interval"]),
+            probe_timeout=_seconds("probe_timeout", given["probe_timeout"]),
+            probe=probe,
+            resolve_interval=check_seconds(
+                "resolve_interval", given["resolve_interval"], allow_zero=False
+            ),
+            resolver=resolver or resolve_host,
+        )
+
+
 class BalancedPool(Generic[C]):
     """Checkouts spread over equivalent endpoints by P2C least-loaded, with outlier ejection.
 
@@ -189,29 +237,22 @@ class BalancedPool(Generic[C]):
         if not callable(factory):
             raise TypeError(f"factory must be callable (endpoint -> pool), not {factory!r}")
         self._host, self._port, fixed = _check_endpoints(endpoints, port)
-        self._threshold = check_int("consecutive_failures", consecutive_failures, 1) or 1
-        self._base = _seconds("base_ejection_time", base_ejection_time)
-        self._cap = _seconds("max_ejection_time", max_ejection_time)
-        self._max_percent = check_int("max_ejection_percent", max_ejection_percent, 0) or 0
-        if self._max_percent > 100:
-            raise ValueError(f"max_ejection_percent must be <= 100, got {max_ejection_percent}")
-        self._probe_interval = _seconds("probe_interval", probe_interval)
-        self._probe_timeout = _seconds("probe_timeout", probe_timeout)
-        if probe is not None and not callable(probe):
-            raise TypeError(f"probe must be callable (conn -> anything), not {probe!r}")
-        self._probe = probe
-        self._resolve_interval = check_seconds(
-            "resolve_interval", resolve_interval, allow_zero=False
-        )
-        if resolver is not None and not callable(resolver):
-            raise TypeError(f"resolver must be callable (host -> addresses), not {resolver!r}")
-        self._resolver: Resolver = resolver or resolve_host
+        given = {k: v for k, v in locals().items() if k in _Settings.ARGUMENTS}
+        self._s: _Settings[C] = _Settings.check(**given)
         self.timeout = check_seconds("timeout", timeout)
         self.name: str = check_name(name) or f"balanced-{next(_numbers)}"
         self._factory = factory
         self._rng = rng or random.Random()
+        self._init_state()
+        self._worker = Loop(self, _background_turn, name=f"{self.name!r}", start=False, logger=log)
+        if fixed is not None:
+            self._apply(fixed)
+        else:
+            self._resolve()
+        self._worker.start()
 
-        # --- The state ---
+    def _init_state(self) -> None:
+        """The state: endpoints in rotation and retired, counters of dropped ones, DNS times."""
         self._active: list[_Endpoint[C]] = []  # endpoints in rotation (ejected ones included)
         self._retired: list[_Endpoint[C]] = []  # gone from DNS: closed, connections still out
         self._gone = combine_stats(self.name, [])  # counters of retired pools already dropped
@@ -219,12 +260,6 @@ class BalancedPool(Generic[C]):
         self._resolved_at = -math.inf  # when DNS was last asked
         self._resolve_soon = False  # an ejection asks for an early re-resolve
         self._last_resolve_error: BaseException | None = None
-        self._wake = Event()
-        if fixed is not None:
-            self._apply(fixed)
-        else:
-            self._resolve()
-        self._worker = gevent.spawn(_background, weakref.ref(self), self._wake)
 
     # ------------------------------------------------------------------ public API
     def get(self, timeout: float | None = _UNSET) -> _BalancedCheckout[C]:
@@ -295,7 +330,9 @@ class BalancedPool(Generic[C]):
         timeout = check_seconds("timeout", timeout)
         if not self._closed:
             self._closed = True
-            self._worker.kill(block=False)
+            worker = self._worker.stop()
+            if worker is not None:
+                worker.kill(block=False)  # it may be blocked in a probe
             self._retired.extend(self._active)
             self._active = []
         closers = [gevent.spawn(ep.pool.close, timeout) for ep in self._retired]
@@ -330,7 +367,7 @@ class BalancedPool(Generic[C]):
         if not candidates:
             if self._host is not None:
                 self._resolve_soon = True
-                self._wake.set()
+                self._worker.wake()
             raise PoolUnavailable(
                 f"{self.name!r}: no endpoint to use ({len(self._active)} in rotation, "
                 f"{len(tried)} refused); is the service up, does its name resolve?"
@@ -383,30 +420,30 @@ class BalancedPool(Generic[C]):
         for ep in self._active:
             if ep.pool is pool:
                 ep.failures += 1
-                if ep.failures >= self._threshold and not ep.ejected:
+                if ep.failures >= self._s.threshold and not ep.ejected:
                     self._eject(ep)
                 return
 
     def _refused(self, ep: _Endpoint[C], exc: BaseException) -> None:
         """``ep``'s pool refused a get(): PoolUnavailable means its backend is down."""
         if isinstance(exc, PoolUnavailable) and not ep.ejected and ep in self._active:
-            ep.failures = max(ep.failures, self._threshold)
+            ep.failures = max(ep.failures, self._s.threshold)
             self._eject(ep)
 
     def _eject(self, ep: _Endpoint[C]) -> None:
         """Take ``ep`` out of rotation for a while, unless too many are out already."""
         ejected = sum(e.ejected for e in self._active)
-        limit = math.floor(len(self._active) * self._max_percent / 100)
-        if self._max_percent:
+        limit = math.floor(len(self._active) * self._s.max_percent / 100)
+        if self._s.max_percent:
             limit = max(1, limit)
         if ejected >= limit:
             return
         now = _monotonic()
-        if now - ep.returned_at > self._cap:
+        if now - ep.returned_at > self._s.cap:
             ep.ejections = 0  # healthy for a long while: start over at the base time
         ep.ejections += 1
         ep.ejected = True
-        ep.ejected_until = now + min(self._base * ep.ejections, self._cap)
+        ep.ejected_until = now + min(self._s.base * ep.ejections, self._s.cap)
         log.warning(
             "%r: endpoint %s:%d ejected for %.3gs after %d failures in a row (ejection #%d)",
             self.name,
@@ -417,17 +454,17 @@ class BalancedPool(Generic[C]):
         )
         if self._host is not None:
             self._resolve_soon = True
-        self._wake.set()
+        self._worker.wake()
 
     def _probe_due(self, now: float) -> None:
         """Probe every ejected endpoint whose time is up; bring back those that answer."""
         for ep in [e for e in self._active if e.ejected and e.ejected_until <= now]:
             try:
-                with ep.pool.get(self._probe_timeout) as conn:
-                    if self._probe is not None:
-                        self._probe(conn)
+                with ep.pool.get(self._s.probe_timeout) as conn:
+                    if self._s.probe is not None:
+                        self._s.probe(conn)
             except Exception as exc:
-                ep.ejected_until = _monotonic() + self._probe_interval
+                ep.ejected_until = _monotonic() + self._s.probe_interval
                 log.debug("%r: probe of %s:%d failed: %r", self.name, *ep.address, exc)
                 continue
             if ep in self._active:
@@ -443,7 +480,7 @@ class BalancedPool(Generic[C]):
         self._resolved_at = _monotonic()
         self._resolve_soon = False
         try:
-            addresses = list(dict.fromkeys(self._resolver(self._host)))
+            addresses = list(dict.fromkeys(self._s.resolver(self._host)))
         except Exception as exc:
             self._last_resolve_error = exc
             log.warning("%r: resolving %r failed: %r", self.name, self._host, exc)
@@ -507,27 +544,16 @@ class BalancedPool(Generic[C]):
 
     def _resolve_gap(self) -> float:
         """Seconds between resolves: ``resolve_interval``, or at most 1 s after a failure."""
-        interval = math.inf if self._resolve_interval is None else self._resolve_interval
+        interval = math.inf if self._s.resolve_interval is None else self._s.resolve_interval
         return min(interval, 1.0) if self._resolve_soon else interval
 
     def _closed_message(self) -> str:
         return f"{self.name!r} is closed; create a new BalancedPool or stop calling get()"
 
 
-def _background(ref: weakref.ref[BalancedPool[Any]], wake: Event) -> None:
-    """The one greenlet of a BalancedPool: probes, DNS, retired pools. Holds a weakref."""
-    while True:
-        bp = ref()
-        if bp is None or bp.closed:
-            return
-        try:
-            delay = bp._tick()
-        except Exception:
-            log.exception("%r: background work failed; retrying in 1s", bp.name)
-            delay = 1.0
-        del bp
-        wake.clear()
-        wake.wait(delay)
+def _background_turn(bp: BalancedPool[Any]) -> float:
+    """The worker's turn (a :class:`~geventconnpool._loop.Loop`): probes, DNS, retired pools."""
+    return bp._tick()
 
 
 def _seconds(name: str, value: Any) -> float:

@@ -7,12 +7,13 @@
         ...
 
 Each key's pool caps its own connections (its ``max_size``); ``max_total`` caps them all
-together. The cap is kept through the pools' documented hooks: every pool the factory makes has
-its ``_new_connection`` and ``_close_connection`` wrapped so that opening a socket takes a token
-from the map and closing it gives the token back. A connect that finds no token waits for one
-(inside the pool's connect attempt, so a caller's ``get(key, timeout=...)`` waits under its own
-deadline and raises ``PoolTimeout`` as usual), while the map closes idle connections of other
-keys to make room: a key never starves because others hold *idle* connections.
+together. The cap is kept by a token ledger (``_room.py``) through the pools' documented hooks:
+every pool the factory makes has its ``_new_connection`` and ``_close_connection`` wrapped so
+that opening a socket takes a token and closing it gives the token back. A caller whose key needs a
+new socket while the cap is reached waits for a token *before* it waits in its key's pool, in
+its own greenlet under its own ``get(key, timeout=...)`` deadline (``PoolTimeout`` when it
+passes): waiting for room is never a failed connect. Meanwhile the map closes idle connections
+of other keys to make room: a key never starves because others hold *idle* connections.
 
 Pools unused for ``max_pool_idle`` seconds, and the least recently used ones beyond
 ``max_pools``, are closed and forgotten. A pool evicted while one of its connections is out is
@@ -24,18 +25,20 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import time
 import weakref
-from collections import OrderedDict, deque
-from collections.abc import Callable, Hashable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any, Generic, TypeVar
 
 import gevent
-from gevent.event import Event
 
+from ._loop import Loop
 from ._multi import combine_stats, counters_only, override_hook
 from ._options import check_int, check_name, check_seconds
-from .errors import PoolClosed, PoolExhausted
+from ._room import Ledger, RoomMaker, Tokens
+from .errors import PoolClosed
 from .pool import ConnectionPool
 from .stats import PoolStats
 
@@ -47,44 +50,25 @@ C = TypeVar("C")
 _UNSET: Any = object()
 _numbers = itertools.count(1)
 _monotonic = time.monotonic
-_ROOM_POLL = 0.05  # seconds between looks for idle connections while connects wait for room
-
-
-class _Ledger:
-    """The tokens one pool holds: one per socket it is opening or has open."""
-
-    __slots__ = ("conns", "held", "waiting")
-
-    def __init__(self) -> None:
-        self.held = 0  # tokens held by this pool's connects and connections
-        self.conns: set[int] = set()  # id() of the connections that hold a token
-        self.waiting = 0  # this pool's connects waiting for a token
 
 
 class _Entry(Generic[K, C]):
-    """One key's pool and what the map knows about its use."""
+    """One key's pool, its counts (callers, sockets, tokens) and when it was last used."""
 
-    __slots__ = ("busy", "key", "last_used", "ledger", "pool", "waiting")
+    __slots__ = ("key", "last_used", "ledger", "pool")
 
-    def __init__(self, key: K, pool: ConnectionPool[C], ledger: _Ledger) -> None:
+    def __init__(self, key: K, pool: ConnectionPool[C]) -> None:
         self.key = key
         self.pool = pool
-        self.ledger = ledger
-        self.busy = 0  # callers inside pools.get(key): waiting for a connection or holding one
-        self.waiting = 0  # of busy, those still waiting
+        self.ledger = Ledger()
         self.last_used = _monotonic()
 
-
-class _TokenWaiter:
-    """A connect attempt waiting for room under ``max_total``."""
-
-    __slots__ = ("error", "event", "granted", "ledger")
-
-    def __init__(self, ledger: _Ledger) -> None:
-        self.ledger = ledger
-        self.event = Event()
-        self.granted = False
-        self.error: BaseException | None = None
+    def idle_surplus(self) -> int:
+        """Idle sockets no caller of this key holds or waits for (the room maker's question;
+        the PoolStats snapshot is only built when the counts say there may be some)."""
+        led = self.ledger
+        unheld = led.held - led.busy  # sockets beyond one per caller (holding or waiting)
+        return 0 if unheld <= 0 else min(unheld, self.pool.stats().idle)
 
 
 class _KeyedCheckout(Generic[K, C]):
@@ -105,18 +89,15 @@ class _KeyedCheckout(Generic[K, C]):
         pools = self._map
         entry = pools._enter(self._key)
         try:
-            pool = entry.pool
-            inner = pool.get() if self._timeout is _UNSET else pool.get(self._timeout)
-            counted = pools._check_room(entry)
-            try:
-                conn = inner.__enter__()
-            finally:
-                pools._room_waiting -= counted
+            if pools._max_pools is not None:
+                pools._trim_pools()  # may switch (closing evicted pools): inside the try
+            inner = pools._checkout(entry, self._timeout)
+            conn: C = inner.__enter__()
         except BaseException:
-            entry.waiting -= 1
+            pools._stopped_waiting(entry)
             pools._leave(entry)
             raise
-        entry.waiting -= 1
+        pools._stopped_waiting(entry)
         self._entry, self._inner = entry, inner
         return conn
 
@@ -159,32 +140,24 @@ class PoolMap(Generic[K, C]):
     ) -> None:
         if not callable(factory):
             raise TypeError(f"factory must be callable (key -> pool), not {factory!r}")
-        self._max_total = check_int("max_total", max_total, 1, optional=True)
-        self._max_total_waiting = check_int(
-            "max_total_waiting", max_total_waiting, 0, optional=True
-        )
-        if self._max_total_waiting is not None and self._max_total is None:
+        cap = check_int("max_total", max_total, 1, optional=True)
+        line = check_int("max_total_waiting", max_total_waiting, 0, optional=True)
+        if line is not None and cap is None:
             raise ValueError("max_total_waiting needs max_total (the cap the callers wait for)")
         self._max_pools = check_int("max_pools", max_pools, 1, optional=True)
         self._max_pool_idle = check_seconds("max_pool_idle", max_pool_idle, allow_zero=False)
         self.name: str = check_name(name) or f"poolmap-{next(_numbers)}"
         self._factory = factory
-
-        # --- The state (changed without switching greenlets, except where noted) ---
         self._entries: OrderedDict[K, _Entry[K, C]] = OrderedDict()  # least recently used first
-        self._retiring: dict[_Ledger, _Entry[K, C]] = {}  # closed, connections still out
-        self._free = self._max_total or 0  # tokens nobody holds (with max_total)
-        self._token_waiters: deque[_TokenWaiter] = deque()  # connects waiting for room, FIFO
-        self._room_waiting = 0  # callers in get() that found the total cap reached
-        self._exhausted = 0  # get()s refused by max_total_waiting
+        self._retiring: dict[Ledger, _Entry[K, C]] = {}  # closed, connections still out
         self._evicted = 0  # pools closed by max_pools, max_pool_idle or to make room
         self._gone = combine_stats(self.name, [])  # counters of pools closed and dropped
         self._closed = False
-        self._room_maker: gevent.Greenlet[Any, None] | None = None
-        self._room_hint = Event()  # wakes the room maker: a connection may have turned idle
-        self._reaper: gevent.Greenlet[Any, None] | None = None
+        self._tokens = None if cap is None else Tokens(self.name, cap, line)
+        self._room = None if cap is None else RoomMaker(self, self.name)
+        self._reaper: Loop[PoolMap[K, C]] | None = None
         if self._max_pool_idle is not None:
-            self._reaper = gevent.spawn(_reap_loop, weakref.ref(self), self._max_pool_idle)
+            self._reaper = Loop(self, _reap_turn, name=f"{self.name!r}: reaper")
 
     # ------------------------------------------------------------------ public API
     def get(self, key: K, timeout: float | None = _UNSET) -> _KeyedCheckout[K, C]:
@@ -204,15 +177,16 @@ class PoolMap(Generic[K, C]):
         them.
         """
         entry = self._enter(key)
-        entry.waiting -= 1
-        self._leave(entry)
+        entry.ledger.waiting -= 1
+        self._leave(entry)  # may evict LRU pools beyond max_pools, never this one
         return entry.pool
 
     def stats(self, key: K = _UNSET) -> PoolStats:
         """The stats of ``key``'s live pool, or (no argument) of all pools combined.
 
         The combined view sums every pool's numbers, including pools already closed (their
-        counters are kept), so its counters never go backwards.
+        counters are kept), so its counters never go backwards; it adds the callers refused
+        (``exhausted``) or timed out (``timeouts``) while waiting for room under ``max_total``.
         """
         if key is not _UNSET:
             entry = self._entries.get(key)
@@ -221,7 +195,14 @@ class PoolMap(Generic[K, C]):
             return entry.pool.stats()
         parts = [e.pool.stats() for e in self._all_entries()]
         combined = combine_stats(self.name, [*parts, self._gone], closed=self._closed)
-        return _with_exhausted(combined, self._exhausted)
+        tokens = self._tokens
+        if tokens is None:
+            return combined
+        return dataclasses.replace(
+            combined,
+            exhausted=combined.exhausted + tokens.exhausted,
+            timeouts=combined.timeouts + tokens.timeouts,
+        )
 
     @property
     def total(self) -> int:
@@ -252,14 +233,12 @@ class PoolMap(Generic[K, C]):
         timeout = check_seconds("timeout", timeout)
         if not self._closed:
             self._closed = True
-            while self._token_waiters:
-                w = self._token_waiters.popleft()
-                w.error = PoolClosed(self._closed_message())
-                w.event.set()
-            if self._reaper is not None:
-                self._reaper.kill(block=False)
-            for entry in list(self._entries.values()):
-                self._retire(entry, close=False)
+            for loop in (self._reaper, self._room):
+                if loop is not None:
+                    loop.stop()
+            if self._tokens is not None:
+                self._tokens.close(PoolClosed(self._closed_message()))
+            self._forget(list(self._entries.values()))
         closers = [gevent.spawn(e.pool.close, timeout) for e in list(self._retiring.values())]
         gevent.joinall(closers, raise_error=True)
         for entry in list(self._retiring.values()):
@@ -272,13 +251,14 @@ class PoolMap(Generic[K, C]):
         self.close()
 
     def __repr__(self) -> str:
-        cap = "" if self._max_total is None else f"/{self._max_total}"
+        tokens = self._tokens
+        cap = "" if tokens is None else f"/{tokens.cap}"
         closed = " closed" if self._closed else ""
-        busy = sum(e.busy for e in self._entries.values())
+        busy = sum(e.ledger.busy for e in self._entries.values())
         return (
             f"<{type(self).__name__} {self.name!r}{closed} pools={len(self._entries)} "
             f"retiring={len(self._retiring)} open={self.total}{cap} busy={busy} "
-            f"waiting_for_room={len(self._token_waiters)}>"
+            f"waiting_for_room={0 if tokens is None else len(tokens.line)}>"
         )
 
     # ------------------------------------------------------------------ get() bookkeeping
@@ -291,32 +271,60 @@ class PoolMap(Generic[K, C]):
             entry = self._create(key)
         else:
             self._entries.move_to_end(key)
-        entry.busy += 1
-        entry.waiting += 1
+        entry.ledger.busy += 1
+        entry.ledger.waiting += 1
         entry.last_used = _monotonic()
+        return entry
+
+    def _trim_pools(self) -> None:
+        """Close the least recently used pools beyond ``max_pools`` (may switch greenlets)."""
         if self._max_pools is not None and len(self._entries) > self._max_pools:
             self._evict_lru()
-        return entry
+
+    def _checkout(self, entry: _Entry[K, C], timeout: float | None) -> Any:
+        """The key pool's get() context, after taking the token its connect will need (if
+        the cap is reached: waiting in line, under the caller's deadline)."""
+        pool = entry.pool
+        if timeout is _UNSET:
+            timeout = pool.timeout
+        tokens = self._tokens
+        if tokens is not None and entry.ledger.short(pool.max_size):  # else: no token needed
+            started = _monotonic()
+            tokens.reserve(entry.ledger, pool.max_size, timeout, self._reclaimable)
+            if timeout is not None:
+                timeout = max(0.0, timeout - (_monotonic() - started))
+        return pool.get(timeout)
+
+    def _stopped_waiting(self, entry: _Entry[K, C]) -> None:
+        """A caller of ``entry`` got its connection or gave up: spare tokens may go back."""
+        ledger = entry.ledger
+        ledger.waiting -= 1
+        if ledger.spare and self._tokens is not None:
+            self._tokens.trim_soon(ledger, entry.pool.max_size)
 
     def _leave(self, entry: _Entry[K, C]) -> None:
         """A caller is done with ``entry`` (returned its connection, or failed to get one)."""
-        entry.busy -= 1
+        entry.ledger.busy -= 1
         entry.last_used = _monotonic()
         if self._entries.get(entry.key) is entry:
             self._entries.move_to_end(entry.key)
         else:
             self._drop_if_done(entry)
-        if self._token_waiters:
-            self._start_room_maker()
-        if self._max_pools is not None and len(self._entries) > self._max_pools:
-            self._evict_lru()
+        tokens = self._tokens
+        if tokens is not None:
+            if entry.ledger.spare:
+                tokens.trim_soon(entry.ledger, entry.pool.max_size)
+            if tokens.line and self._room is not None:
+                self._room.wake()  # one of its connections may be idle now
+        if self._max_pools is not None:
+            self._trim_pools()
 
     def _create(self, key: K) -> _Entry[K, C]:
         """Make ``key``'s pool with the factory and hook it up to the token ledger."""
         pool = self._factory(key)  # may switch greenlets: another caller may create it too
         if not isinstance(pool, ConnectionPool):
             raise TypeError(f"factory({key!r}) must return a ConnectionPool, not {pool!r}")
-        if self._max_total is not None and pool.min_size:
+        if self._tokens is not None and pool.min_size:
             pool.close()
             raise ValueError(
                 f"factory({key!r}) made a pool with min_size={pool.min_size}; with max_total "
@@ -329,161 +337,46 @@ class PoolMap(Generic[K, C]):
                 raise PoolClosed(self._closed_message())
             self._entries.move_to_end(key)
             return raced
-        ledger = _Ledger()
-        self._hook(pool, ledger)
-        entry: _Entry[K, C] = _Entry(key, pool, ledger)
+        entry: _Entry[K, C] = _Entry(key, pool)
+        _hook(self, key, entry.ledger, pool)
         self._entries[key] = entry
         return entry
 
-    def _check_room(self, entry: _Entry[K, C]) -> int:
-        """Before a caller waits in ``entry``'s pool: refuse it (PoolExhausted) if it would wait
-        for room under max_total and ``max_total_waiting`` callers already do; else return 1
-        if it counts as waiting for room (0 if not)."""
-        limit = self._max_total_waiting
-        if limit is None or self._free > 0:
-            return 0
-        s = entry.pool.stats()
-        if s.idle or s.open >= s.max_size or self._reclaimable() is not None:
-            return 0
-        if self._room_waiting >= limit:
-            self._exhausted += 1
-            raise PoolExhausted(
-                f"{self.name!r}: all max_total={self._max_total} connections are in use and "
-                f"{self._room_waiting} callers already wait for room "
-                f"(max_total_waiting={limit}); shed load or raise max_total"
-            )
-        self._room_waiting += 1
-        return 1
-
-    # ------------------------------------------------------------------ tokens (max_total)
-    def _hook(self, pool: ConnectionPool[C], ledger: _Ledger) -> None:
-        """Wrap the pool's connect and close hooks: a socket open holds one token."""
-        ref = weakref.ref(self)
-
-        def new_connection(p: ConnectionPool[C], original: Callable[..., Any]) -> Any:
-            pools = ref()
-            if pools is None:
-                return original(p)
-            pools._take_token(ledger)
-            try:
-                conn = original(p)
-            except BaseException:
-                pools._give_token(ledger)
-                raise
-            if conn is None:
-                pools._give_token(ledger)
-            else:
-                ledger.conns.add(id(conn))
-            return conn
-
-        def close_connection(p: ConnectionPool[C], original: Callable[..., Any], conn: Any) -> None:
-            try:
-                original(p, conn)
-            finally:
-                if id(conn) in ledger.conns:
-                    ledger.conns.discard(id(conn))
-                    pools = ref()
-                    if pools is not None:
-                        pools._give_token(ledger)
-
-        override_hook(pool, "_new_connection", new_connection)
-        override_hook(pool, "_close_connection", close_connection)
-
-    def _take_token(self, ledger: _Ledger) -> None:
-        """Called by a connect attempt before it opens a socket; waits while the cap is reached."""
-        if self._max_total is None:
+    # ------------------------------------------------------------------ sockets (the hooks)
+    def _socket_opening(self, ledger: Ledger, pool: ConnectionPool[C]) -> None:
+        """A connect of ``ledger``'s pool is about to open a socket: it holds a token."""
+        if self._tokens is None:
             ledger.held += 1
-            return
-        if self._closed:
-            raise PoolClosed(self._closed_message())
-        if self._free > 0 and not self._token_waiters:
-            self._free -= 1
-            ledger.held += 1
-            return
-        w = _TokenWaiter(ledger)
-        self._token_waiters.append(w)
-        ledger.waiting += 1
-        self._start_room_maker()
-        try:
-            w.event.wait()
-        except BaseException:
-            if w.granted:
-                self._give_token(ledger)
-            else:
-                self._token_waiters.remove(w)
-            raise
-        finally:
-            ledger.waiting -= 1
-        if w.error is not None:
-            raise w.error
+        else:
+            self._tokens.connect_started(ledger, pool.max_size)
 
-    def _give_token(self, ledger: _Ledger) -> None:
-        """A socket of ``ledger``'s pool closed (or never opened): its token goes to the oldest
-        waiting connect, else back to the free count. Never switches greenlets."""
-        ledger.held -= 1
-        if self._max_total is not None:
-            if self._token_waiters:
-                w = self._token_waiters.popleft()
-                w.granted = True
-                w.ledger.held += 1
-                w.event.set()
-            else:
-                self._free += 1
-        entry = self._retiring.get(ledger)
-        if entry is not None:
-            self._drop_if_done(entry)
+    def _socket_gone(self, key: K, ledger: Ledger, pool: ConnectionPool[C]) -> None:
+        """A socket of ``ledger``'s pool closed, or its connect failed: its token goes back
+        (kept for the pool's retry while one of its callers waits). Never switches."""
+        if self._tokens is None:
+            ledger.held -= 1
+        else:
+            live = (entry := self._entries.get(key)) is not None and entry.ledger is ledger
+            self._tokens.socket_gone(ledger, pool.max_size, live)
+        retired = self._retiring.get(ledger)
+        if retired is not None:
+            self._drop_if_done(retired)
 
     # ------------------------------------------------------------------ making room
-    def _start_room_maker(self) -> None:
-        """Look for room now: start the room maker, or wake it if it is running."""
-        if self._closed:
-            return
-        if self._room_maker is None:
-            self._room_maker = gevent.spawn(self._make_room)
-        else:
-            self._room_hint.set()
+    def _room_candidates(self) -> Iterator[_Entry[K, C]]:
+        """The live entries, least recently used first (for the room maker)."""
+        return iter(list(self._entries.values()))
 
-    def _make_room(self) -> None:
-        """While connects wait for a token, close idle connections of other keys (LRU first).
-
-        With nothing to reclaim it looks again on the next release through the map, and at
-        least every ``_ROOM_POLL`` seconds: a connection can turn idle unseen (a connect that
-        completes after its caller gave up).
-        """
-        try:
-            while self._token_waiters and not self._closed:
-                entry = self._reclaimable()
-                if entry is None:
-                    self._room_hint.clear()
-                    self._room_hint.wait(_ROOM_POLL)
-                    continue
-                self._reclaim(entry)
-        finally:
-            self._room_maker = None
-
-    def _reclaimable(self) -> _Entry[K, C] | None:
-        """The least recently used pool with idle connections and no connect waiting for room."""
-        for entry in self._entries.values():
-            holding = entry.busy - entry.waiting
-            has_spare = entry.ledger.held > holding and not entry.ledger.waiting
-            if has_spare and entry.pool.stats().idle:
-                return entry
-        return None
+    def _reclaimable(self) -> bool:
+        """Some key has an idle socket to spare (asked only when the line is full)."""
+        return any(not e.ledger.asking and e.idle_surplus() for e in self._entries.values())
 
     def _reclaim(self, entry: _Entry[K, C]) -> None:
         """Close ``entry``'s idle connections: the whole pool if nobody uses it. May switch."""
-        if entry.busy == 0:
-            self._evicted += 1
-            self._retire(entry)
-            return
-        pool = entry.pool
-        s = pool.stats()
-        keep = max(1, s.open - s.idle)
-        if keep >= s.open:
-            return
-        lo, hi = pool.min_size or 0, pool.max_size or keep
-        pool.resize(min_size=min(lo, keep), max_size=keep)  # closes the idle surplus now
-        pool.resize(min_size=lo, max_size=hi)
+        if entry.ledger.busy == 0:
+            self._retire([entry])
+        else:
+            entry.pool.close_idle(keep=entry.ledger.waiting)
 
     # ------------------------------------------------------------------ eviction
     def _evict_lru(self) -> None:
@@ -491,10 +384,7 @@ class PoolMap(Generic[K, C]):
         is skipped (they would get PoolClosed), so max_pools can be exceeded while all wait."""
         assert self._max_pools is not None
         excess = len(self._entries) - self._max_pools
-        victims = [e for e in self._entries.values() if e.waiting == 0][:excess]
-        for entry in victims:
-            self._evicted += 1
-            self._retire(entry)
+        self._retire([e for e in self._entries.values() if e.ledger.waiting == 0][:excess])
 
     def _reap_idle(self, limit: float) -> None:
         """Close pools unused for ``limit`` seconds (oldest first; stops at a recent one)."""
@@ -503,28 +393,42 @@ class PoolMap(Generic[K, C]):
         for entry in self._entries.values():
             if now - entry.last_used < limit:
                 break
-            if entry.busy == 0:
+            if entry.ledger.busy == 0:
                 victims.append(entry)
-        for entry in victims:
-            self._evicted += 1
-            self._retire(entry)
+        self._retire(victims)
 
-    def _retire(self, entry: _Entry[K, C], *, close: bool = True) -> None:
-        """Forget ``entry``'s key and close its pool; kept (for stats) until its sockets close.
+    def _retire(self, victims: list[_Entry[K, C]]) -> None:
+        """Evict: forget every victim's key at once (no switch, so no caller can enter one of
+        them meanwhile), then close their pools (which may switch greenlets)."""
+        self._evicted += len(victims)
+        self._forget(victims)
+        self._close_retired(victims)
 
-        Closing may switch greenlets; the entry leaves the map before that.
-        """
-        if self._entries.get(entry.key) is entry:
-            del self._entries[entry.key]
-        self._retiring[entry.ledger] = entry
-        if close:
-            entry.pool.close()
+    def _close_retired(self, victims: list[_Entry[K, C]]) -> None:
+        """Close forgotten pools; if the caller is interrupted, a greenlet closes the rest."""
+        for i, entry in enumerate(victims):
+            try:
+                entry.pool.close()
+            except BaseException:
+                gevent.spawn(self._close_retired, victims[i:])
+                raise
             self._drop_if_done(entry)
+
+    def _forget(self, victims: list[_Entry[K, C]]) -> None:
+        """Take the victims out of the map; they are kept (for stats) until their sockets close."""
+        for entry in victims:
+            if self._entries.get(entry.key) is entry:
+                del self._entries[entry.key]
+            self._retiring[entry.ledger] = entry
+            if self._tokens is not None:
+                self._tokens.give_back_spare(entry.ledger)
 
     def _drop_if_done(self, entry: _Entry[K, C]) -> None:
         """A retired pool with no socket and no caller left: keep its counters, drop it."""
-        if entry.ledger.held or entry.busy or not entry.pool.closed:
+        if entry.ledger.held or entry.ledger.busy or not entry.pool.closed:
             return
+        if self._tokens is not None:  # granted to a connect its closing pool killed
+            self._tokens.give_back_spare(entry.ledger)
         if self._retiring.pop(entry.ledger, None) is not None:
             self._gone = combine_stats(self.name, [self._gone, counters_only(entry.pool.stats())])
 
@@ -535,17 +439,52 @@ class PoolMap(Generic[K, C]):
         return f"{self.name!r} is closed; create a new PoolMap or stop calling get()"
 
 
-def _with_exhausted(stats: PoolStats, extra: int) -> PoolStats:
-    return dataclasses.replace(stats, exhausted=stats.exhausted + extra)
+def _hook(pools: PoolMap[Any, Any], key: Any, ledger: Ledger, pool: ConnectionPool[Any]) -> None:
+    """Wrap ``pool``'s connect and close hooks: a socket open holds one token of the map.
+
+    The wrappers hold the map weakly and not the pool (no cycle through the pool's dict).
+    """
+    ref = weakref.ref(pools)
+
+    def new_connection(p: ConnectionPool[Any], original: Callable[..., Any]) -> Any:
+        owner = ref()
+        if owner is None:
+            return original(p)
+        owner._socket_opening(ledger, p)
+        del owner  # a connect may last: do not keep the map alive meanwhile
+        try:
+            conn = original(p)
+        except BaseException:
+            _gone(ref, key, ledger, p)
+            raise
+        if conn is None:
+            _gone(ref, key, ledger, p)
+        else:
+            ledger.conns.add(id(conn))
+        return conn
+
+    def close_connection(p: ConnectionPool[Any], original: Callable[..., Any], conn: Any) -> None:
+        try:
+            original(p, conn)
+        finally:
+            if id(conn) in ledger.conns:
+                ledger.conns.discard(id(conn))
+                _gone(ref, key, ledger, p)
+
+    override_hook(pool, "_new_connection", new_connection)
+    override_hook(pool, "_close_connection", close_connection)
 
 
-def _reap_loop(ref: weakref.ref[PoolMap[Any, Any]], limit: float) -> None:
-    """The map's one background greenlet: close pools idle past ``limit``; holds a weakref."""
-    period = min(limit / 2, 30.0)
-    while True:
-        gevent.sleep(period)
-        pools = ref()
-        if pools is None or pools.closed:
-            return
-        pools._reap_idle(limit)
-        del pools
+def _gone(ref: weakref.ref[PoolMap[Any, Any]], key: Any, ledger: Ledger, pool: Any) -> None:
+    owner = ref()
+    if owner is not None:
+        owner._socket_gone(key, ledger, pool)
+
+
+def _reap_turn(pools: PoolMap[Any, Any]) -> float:
+    """The reaper's turn: close pools idle past ``max_pool_idle``; look again in half that."""
+    limit = pools._max_pool_idle
+    if limit is None:
+        return math.inf
+    pools._reap_idle(limit)
+    return min(limit / 2, 30.0)

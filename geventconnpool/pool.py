@@ -42,7 +42,7 @@ from ._messages import (
     timeout_error,
     wrong_hub_error,
 )
-from ._options import BY_NAME, PoolOptions, assign, check_seconds, check_sizes, configure
+from ._options import BY_NAME, PoolOptions, assign, check_int, check_seconds, check_sizes, configure
 from ._records import INF, Attempt, Conn, Doomed, Plan, Policy, PoolEvent, Waiter
 from ._state import HANDOFF, Checkout, PoolState, PutBack
 from .errors import (
@@ -219,6 +219,14 @@ class ConnectionPool(PoolOptions, Hooks[C]):
         for key, value in (("min_size", lo), ("max_size", hi), ("size", hi)):
             object.__setattr__(self, key, value)
         self._apply(state.resize(lo, hi, _monotonic()))
+
+    def close_idle(self, keep: int = 0) -> int:
+        """Close idle connections beyond the ``keep`` warmest now (never below ``min_size``
+        open); return how many. Hands capacity back without ``resize()`` down and up."""
+        self._check_fork()
+        plan = self._state.close_idle(check_int("keep", keep, 0) or 0, _monotonic())
+        self._apply(plan)
+        return len(plan.close)
 
     def wait_ready(self, timeout: float | None = None) -> None:
         """Block until ``min_size`` connections are open (a startup check).

@@ -30,6 +30,7 @@ LAYERS = {
     "_health": 2,
     "_log": 3,
     "_options": 3,
+    "_loop": 3,
     "retry": 4,
     "_state": 4,
     "_maintenance": 4,
@@ -37,6 +38,7 @@ LAYERS = {
     "_connector": 5,
     "pool": 6,
     "_multi": 7,
+    "_room": 7,
     "keyed": 8,
     "balanced": 8,
 }

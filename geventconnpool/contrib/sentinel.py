@@ -33,6 +33,7 @@ import gevent.socket
 
 from .. import _backoff
 from .._log import RateLimitedLog
+from .._loop import Loop
 from ._resp import Arg, ReadOnlyError
 from .redis import (
     RedisConnection,
@@ -230,15 +231,14 @@ class SentinelRedisPool(RedisPool):
         self._bad_input_log = RateLimitedLog(log, interval=60.0)
         host, port = self.sentinels[0]  # RedisPool wants an address; connects never use it
         super().__init__(host, port, **options)
-        self._watchers: list[gevent.Greenlet[..., None]] = []
+        self._watchers: list[_Watcher] = []
         if watch:
-            ref = weakref.ref(self)
-            self._watchers = [gevent.spawn(_watch, ref, a) for a in self.sentinels]
+            self._watchers = [_Watcher(self, a) for a in self.sentinels]
 
     @property
     def watching(self) -> int:
         """How many ``+switch-master`` watchers (one per sentinel) are running."""
-        return sum(1 for watcher in self._watchers if not watcher.dead)
+        return sum(1 for watcher in self._watchers if watcher.running)
 
     # -- the master --------------------------------------------------------------------------
 
@@ -314,7 +314,9 @@ class SentinelRedisPool(RedisPool):
 
     def close(self, timeout: float | None = None) -> None:
         for watcher in self._watchers:
-            watcher.kill(block=False)
+            greenlet = watcher.stop()
+            if greenlet is not None:
+                greenlet.kill(block=False)  # it blocks on its sentinel's socket
         super().close(timeout)
 
     # -- +switch-master ----------------------------------------------------------------------
@@ -376,28 +378,32 @@ class SentinelRedisPool(RedisPool):
             self.invalidate()
 
 
-def _watch(ref: weakref.ref[SentinelRedisPool], address: tuple[str, int]) -> None:
-    """Follow ``+switch-master`` on one sentinel until the pool is gone, reconnecting with
-    backoff. One such greenlet per sentinel: the first to announce a switch wins (the others
-    learn it up to 2 s later from each other)."""
-    failures = 0
-    while True:
+class _Watcher(Loop["SentinelRedisPool"]):
+    """Follows ``+switch-master`` on one sentinel until the pool is gone, reconnecting with
+    backoff. One per sentinel: the first to announce a switch wins (the others learn it up to
+    2 s later from each other). The loop itself (stop on close/GC/fork, errors) is _loop.Loop's.
+    """
+
+    def __init__(self, pool: SentinelRedisPool, address: tuple[str, int]) -> None:
+        name = f"pool {pool.name!r}: sentinel {address[0]}:{address[1]} watcher"
+        super().__init__(pool, name=name, logger=log, error_backoff=(0.1, 5.0))
+        self.address = address
+        self.failures = 0  # failed subscriptions in a row
+
+    def weak_turn(self, ref: weakref.ref[SentinelRedisPool]) -> float | None:
+        """One subscription, held until it fails or the pool is gone; the backoff after it."""
         pool = ref()
-        if pool is None or pool.closed:
-            return
+        if pool is None:
+            return None
         timeout = pool.sentinel_timeout
         del pool  # hold no strong reference while blocked
         try:
-            _listen(ref, address, timeout)
-            failures = 0
+            _listen(ref, self.address, timeout)
+            self.failures = 0
         except (OSError, RedisError) as exc:
-            failures += 1
-            pool = ref()
-            if pool is None or pool.closed:
-                return
-            log.debug("pool %r: sentinel %s:%s: %s", pool.name, *address, exc)
-            del pool
-        gevent.sleep(_backoff.delay(failures, 0.1, 5.0))
+            self.failures += 1
+            log.debug("%s: %s", self.name, exc)
+        return _backoff.delay(self.failures, 0.1, 5.0)
 
 
 def _alive(ref: weakref.ref[SentinelRedisPool]) -> bool:

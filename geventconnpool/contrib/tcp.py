@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import socket as _stdsocket
 import ssl as _stdssl
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
 import gevent.socket
@@ -28,6 +28,7 @@ from ..pool import ConnectionPool
 __all__ = [
     "SocketConnector",
     "SslPool",
+    "TcpOptions",
     "TcpPool",
     "TlsStats",
     "probe_socket",
@@ -161,6 +162,49 @@ def _positive(name: str, value: float | None) -> None:
 
 
 @dataclass(frozen=True)
+class TcpOptions:
+    """The TCP options of a socket, declared once for :class:`SocketConnector`,
+    :class:`TcpPool`, :class:`SslPool` and the protocol pools: each takes them as keywords.
+
+    ``tcp_keepalive`` turns on OS-level keepalive, tuned by ``tcp_keepalive_idle``,
+    ``tcp_keepalive_interval`` (seconds) and ``tcp_keepalive_count`` (probes) where the platform
+    has them; ``socket_timeout`` bounds each operation once connected; ``source_address`` is a
+    ``(host, port)`` to bind (port 0: any).
+    """
+
+    tcp_nodelay: bool = True
+    tcp_keepalive: bool = False
+    tcp_keepalive_idle: int | None = None
+    tcp_keepalive_interval: int | None = None
+    tcp_keepalive_count: int | None = None
+    socket_timeout: float | None = None
+    source_address: tuple[str, int] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("tcp_keepalive_idle", "tcp_keepalive_interval", "tcp_keepalive_count"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+            _positive(name, value)
+        _positive("socket_timeout", self.socket_timeout)
+        object.__setattr__(self, "source_address", _check_source_address(self.source_address))
+
+    @classmethod
+    def take(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """Move the TCP options out of ``options`` (a pool's keywords) into a new dict."""
+        return {f.name: options.pop(f.name) for f in fields(cls) if f.name in options}
+
+    def apply(self, sock: _stdsocket.socket) -> None:
+        """Set TCP_NODELAY and keepalive on a connected TCP socket."""
+        if self.tcp_nodelay:
+            sock.setsockopt(_stdsocket.IPPROTO_TCP, _stdsocket.TCP_NODELAY, 1)
+        if self.tcp_keepalive:
+            set_tcp_keepalive(
+                sock, self.tcp_keepalive_idle, self.tcp_keepalive_interval, self.tcp_keepalive_count
+            )
+
+
+@dataclass(frozen=True)
 class TlsStats:
     """TLS counters of a pool: completed handshakes, and how many of them resumed a session."""
 
@@ -183,49 +227,33 @@ class SocketConnector:
         unix_socket: str | None = None,
         ssl_context: _stdssl.SSLContext | None = None,
         server_hostname: str | None = None,
-        tcp_nodelay: bool = True,
-        tcp_keepalive: bool = False,
-        tcp_keepalive_idle: int | None = None,
-        tcp_keepalive_interval: int | None = None,
-        tcp_keepalive_count: int | None = None,
-        socket_timeout: float | None = None,
-        source_address: tuple[str, int] | None = None,
+        **tcp_options: Any,
     ) -> None:
         if unix_socket is None:
             if not host or not isinstance(host, str):
                 raise ValueError(f"host must be a non-empty string, got {host!r}")
             if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
                 raise ValueError(f"port must be an int in 1..65535, got {port!r}")
-        for name, value in (
-            ("tcp_keepalive_idle", tcp_keepalive_idle),
-            ("tcp_keepalive_interval", tcp_keepalive_interval),
-            ("tcp_keepalive_count", tcp_keepalive_count),
-        ):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ValueError(f"{name} must be a positive int or None, got {value!r}")
-            _positive(name, value)
-        _positive("socket_timeout", socket_timeout)
+        #: The TCP options (see :class:`TcpOptions`; an unknown keyword is a TypeError).
+        self.tcp = TcpOptions(**tcp_options)
         if ssl_context is not None and not isinstance(ssl_context, _stdssl.SSLContext):
             raise TypeError(
                 f"ssl_context must be an ssl.SSLContext or None, not {type(ssl_context).__name__}"
             )
         server_hostname = _check_server_hostname(server_hostname, ssl_context is not None)
-        source_address = _check_source_address(source_address)
         self.host = host
         self.port = port
         self.unix_socket = unix_socket
         self.ssl_context = ssl_context
         self.server_hostname = server_hostname if server_hostname is not None else host
-        self.tcp_nodelay = tcp_nodelay
-        self.tcp_keepalive = tcp_keepalive
-        self.tcp_keepalive_idle = tcp_keepalive_idle
-        self.tcp_keepalive_interval = tcp_keepalive_interval
-        self.tcp_keepalive_count = tcp_keepalive_count
-        self.socket_timeout = socket_timeout
-        self.source_address = source_address
         self.session: _stdssl.SSLSession | None = None
         self.handshakes = 0
         self.resumed = 0
+
+    @property
+    def socket_timeout(self) -> float | None:
+        """Per-operation timeout of connected sockets (``TcpOptions.socket_timeout``)."""
+        return self.tcp.socket_timeout
 
     @property
     def address(self) -> str:
@@ -261,22 +289,14 @@ class SocketConnector:
         else:
             assert self.host is not None and self.port is not None
             sock = gevent.socket.create_connection(
-                (self.host, self.port), timeout=timeout, source_address=self.source_address
+                (self.host, self.port), timeout=timeout, source_address=self.tcp.source_address
             )
         try:
             if not self.unix_socket:
-                if self.tcp_nodelay:
-                    sock.setsockopt(_stdsocket.IPPROTO_TCP, _stdsocket.TCP_NODELAY, 1)
-                if self.tcp_keepalive:
-                    set_tcp_keepalive(
-                        sock,
-                        self.tcp_keepalive_idle,
-                        self.tcp_keepalive_interval,
-                        self.tcp_keepalive_count,
-                    )
+                self.tcp.apply(sock)
             if self.ssl_context is not None:
                 sock = self._wrap(sock)
-            sock.settimeout(self.socket_timeout)
+            sock.settimeout(self.tcp.socket_timeout)
         except BaseException:
             sock.close()
             raise
@@ -372,10 +392,10 @@ class _SocketPool(ConnectionPool[S]):
 class TcpPool(_SocketPool[gevent.socket.socket]):
     """A pool of plain TCP sockets to ``host:port``.
 
-    Keyword options: ``tcp_keepalive`` (OS-level keepalive; with ``tcp_keepalive_idle``,
-    ``tcp_keepalive_interval``, ``tcp_keepalive_count`` in seconds/probes), ``tcp_nodelay``
-    (default True), ``socket_timeout`` (per-operation timeout once connected, default None),
-    ``source_address`` (a ``(host, port)`` tuple); ``server_hostname`` is refused (use
+    Keyword options: those of :class:`TcpOptions` (``tcp_keepalive`` with
+    ``tcp_keepalive_idle``, ``tcp_keepalive_interval``, ``tcp_keepalive_count``; ``tcp_nodelay``,
+    default True; ``socket_timeout``, per operation once connected, default None;
+    ``source_address``, a ``(host, port)`` tuple); ``server_hostname`` is refused (use
     :class:`SslPool` for TLS); everything else goes to
     :class:`~geventconnpool.ConnectionPool`. Connects are bounded by the pool's
     ``connect_timeout``; a failed connect names the address. The default pool name is
@@ -383,34 +403,16 @@ class TcpPool(_SocketPool[gevent.socket.socket]):
     """
 
     def __init__(
-        self,
-        host: str,
-        port: int,
-        *,
-        tcp_nodelay: bool = True,
-        tcp_keepalive: bool = False,
-        tcp_keepalive_idle: int | None = None,
-        tcp_keepalive_interval: int | None = None,
-        tcp_keepalive_count: int | None = None,
-        socket_timeout: float | None = None,
-        source_address: tuple[str, int] | None = None,
-        server_hostname: str | None = None,
-        **pool_options: Any,
+        self, host: str, port: int, *, server_hostname: str | None = None, **options: Any
     ) -> None:
         self.connector = SocketConnector(
             host,
             port,
             server_hostname=server_hostname,  # only to refuse it: a plaintext pool has no TLS
-            tcp_nodelay=tcp_nodelay,
-            tcp_keepalive=tcp_keepalive,
-            tcp_keepalive_idle=tcp_keepalive_idle,
-            tcp_keepalive_interval=tcp_keepalive_interval,
-            tcp_keepalive_count=tcp_keepalive_count,
-            socket_timeout=socket_timeout,
-            source_address=source_address,
+            **TcpOptions.take(options),
         )
-        pool_options.setdefault("name", f"tcp {self.connector.address}")
-        super().__init__(**pool_options)
+        options.setdefault("name", f"tcp {self.connector.address}")
+        super().__init__(**options)
 
 
 class SslPool(_SocketPool[_stdssl.SSLSocket]):
@@ -420,7 +422,8 @@ class SslPool(_SocketPool[_stdssl.SSLSocket]):
     ``server_hostname`` (default: ``host``) are verified. ``verify=False`` turns verification off
     (only with the default context) and logs a WARNING. Reconnects resume the last TLS session;
     :meth:`tls_stats` (and the ``handshakes``/``resumed`` attributes) count handshakes.
-    Other keyword options are those of :class:`TcpPool`; the default pool name is
+    Other keyword options are those of :class:`TcpOptions` and
+    :class:`~geventconnpool.ConnectionPool`; the default pool name is
     ``tls host:port``.
     """
 
@@ -432,14 +435,7 @@ class SslPool(_SocketPool[_stdssl.SSLSocket]):
         server_hostname: str | None = None,
         *,
         verify: bool = True,
-        tcp_nodelay: bool = True,
-        tcp_keepalive: bool = False,
-        tcp_keepalive_idle: int | None = None,
-        tcp_keepalive_interval: int | None = None,
-        tcp_keepalive_count: int | None = None,
-        socket_timeout: float | None = None,
-        source_address: tuple[str, int] | None = None,
-        **pool_options: Any,
+        **options: Any,
     ) -> None:
         if ssl_context is None:
             ssl_context = default_ssl_context(verify)
@@ -453,16 +449,10 @@ class SslPool(_SocketPool[_stdssl.SSLSocket]):
             port,
             ssl_context=ssl_context,
             server_hostname=server_hostname,
-            tcp_nodelay=tcp_nodelay,
-            tcp_keepalive=tcp_keepalive,
-            tcp_keepalive_idle=tcp_keepalive_idle,
-            tcp_keepalive_interval=tcp_keepalive_interval,
-            tcp_keepalive_count=tcp_keepalive_count,
-            socket_timeout=socket_timeout,
-            source_address=source_address,
+            **TcpOptions.take(options),
         )
-        pool_options.setdefault("name", f"tls {self.connector.address}")
-        super().__init__(**pool_options)
+        options.setdefault("name", f"tls {self.connector.address}")
+        super().__init__(**options)
         warn_if_unverified(ssl_context, self.connector.address, str(self.name))
 
     def _check(self, conn: _stdssl.SSLSocket) -> bool:
