@@ -134,10 +134,8 @@ class PoolState(Generic[C]):
         return INF
 
     def vet_reason(self, rec: Conn[C], now: float) -> str | None:
-        """Why ``rec`` must not be handed out without looking at it: None, or a discard reason.
-
-        "check" means: run the checkout check first.
-        """
+        """Why ``rec`` may not be handed out unseen: None, "check" (check it first), or why
+        to discard it."""
         if rec.generation != self.generation:
             return "invalidated"
         if now >= rec.expires_at and rec.uses:  # a brand-new one is always used once
@@ -200,15 +198,9 @@ class PoolState(Generic[C]):
         return None
 
     def _give_back(self, rec: Conn[C], now: float) -> PutBack[C]:
-        """The fairness rule: ``rec`` (held, healthy) goes to the oldest waiter if it waited
-        the fairness bound, else idle.
-
-        Bounded barging: a waiter that has waited less than the bound (``self.fair.bound``:
-        a multiple of the recent mean wait, between ``fair_floor`` and ``fair_after``) may be
-        overtaken by the releaser or a new caller taking the idle connection on the fast path;
-        the deferred hand-off (:meth:`handoff`) gives whatever is still idle at the end of the
-        loop turn to the waiters, oldest first.
-        """
+        """Bounded barging: ``rec`` (held, healthy) goes to the oldest waiter if it waited the
+        fairness bound (``self.fair``), else idle for the fast path, and the deferred hand-off
+        (:meth:`handoff`) gives what is still idle at the end of the loop turn to the waiters."""
         w = self.waiters.first()
         if w is not None and now - w.since >= self.fair.bound:
             self._serve(w, rec)
@@ -321,12 +313,8 @@ class PoolState(Generic[C]):
 
     # ------------------------------------------------------------------ returning
     def release(self, rec: Conn[C], now: float, reason: str | None) -> Plan[C]:
-        """A caller returns ``rec``; ``reason`` says why it must be discarded (None: healthy).
-
-        A healthy connection is still discarded if :meth:`_unwanted` says so; its slot then goes
-        to a replacement connect, started at once when a waiter is queued. Otherwise it goes to a
-        waiter or the idle deque by the fairness rule of :meth:`_give_back`.
-        """
+        """A caller returns ``rec``; ``reason`` says why to discard it (None: healthy). A healthy
+        one :meth:`_unwanted` refuses is replaced (at once for a waiter); else `_give_back`."""
         plan: Plan[C] = Plan()
         if rec not in self.held:  # forgotten after a fork, or closed by close(timeout)
             return plan
@@ -608,8 +596,7 @@ class PoolState(Generic[C]):
         return plan
 
     def close_idle(self, keep: int, now: float) -> Plan[C]:
-        """Idle connections beyond the ``keep`` warmest close now, coldest first; never below
-        ``min_size`` open (those would only be reopened). For PoolMap's room making (loops)."""
+        """Close the idle connections beyond the ``keep`` warmest, never below ``min_size``."""
         plan: Plan[C] = Plan()
         while len(self.idle) > keep and self.open_count > self.min:
             self.discard(self.idle.popleft(), "idle", now, plan)
