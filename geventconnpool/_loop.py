@@ -69,6 +69,7 @@ class Loop(Generic[OwnerT]):
         logger: logging.Logger = _LOG,
         error_backoff: tuple[float, float] = (1.0, 10.0),
         error_log_interval: float = 60.0,
+        turn_after_fork: bool = False,
     ) -> None:
         self.name = name  # for the log: "pool 'x': scheduler", "'poolmap-1': reaper"
         self._body = body
@@ -83,6 +84,9 @@ class Loop(Generic[OwnerT]):
         self.errors = 0  # failed turns in a row
         self._greenlet: gevent.Greenlet[Any, None] | None = None
         self._pid = os.getpid()
+        #: After a fork that skipped Python's at-fork hooks, run one more turn in the child (the
+        #: pool's scheduler notices the fork there and starts the child's own) instead of none.
+        self.turn_after_fork = turn_after_fork
         self._stopped = False
         #: When the loop wakes on its own next (monotonic); -inf while a turn runs.
         self.next_at = -math.inf
@@ -138,7 +142,9 @@ class Loop(Generic[OwnerT]):
     def _owner(self) -> OwnerT | None:
         """The owner, if the loop should run another turn for it."""
         owner = self._ref()
-        if owner is None or self._stopped or os.getpid() != self._pid or owner.closed:
+        if owner is None or self._stopped or owner.closed:
+            return None
+        if os.getpid() != self._pid and not self.turn_after_fork:
             return None
         return owner
 

@@ -29,7 +29,10 @@ class Scheduler(Loop[Maintained]):  # the loop itself is _loop.Loop's (issue 18 
     """Runs a pool's due background work in one greenlet."""
 
     def __init__(self, pool: Maintained) -> None:
-        super().__init__(pool, name=f"pool {pool.name!r}: scheduler", start=False)
+        # After a hookless fork (uWSGI) its turn resets the child's pool and starts a new one.
+        super().__init__(
+            pool, name=f"pool {pool.name!r}: scheduler", start=False, turn_after_fork=True
+        )
 
     def turn(self, pool: Maintained) -> float | None:
         """Run what is due; the pool says when to look again (None: closed, or forked)."""
