@@ -12,9 +12,9 @@ the waiting order), from the counters the pool keeps anyway: the hot path pays n
 from __future__ import annotations
 
 #: How much longer than the recent mean wait the oldest waiter may be overtaken.
-MULTIPLE = 3.0
+MULTIPLE = 2.5
 #: The lowest adaptive bound (seconds): below it a hand-off costs more than it saves.
-FLOOR = 0.002
+FLOOR = 0.005
 #: How often the mean is refreshed (seconds), and the weight of each new window in it.
 WINDOW = 0.05
 WEIGHT = 0.3

@@ -154,7 +154,7 @@ def test_the_bound_follows_the_mean_wait_of_recent_checkouts() -> None:
     add_idle(state, n=2)
     now = checkouts(state, 0.0, waited=0.004, n=300)
     assert state.fair.bound == pytest.approx(MULTIPLE * 0.004, rel=0.05)
-    assert not returns_to(state, waited=0.008, now=now)  # younger than 3 x 4 ms: overtaken
+    assert not returns_to(state, waited=0.008, now=now)  # younger than 2.5 x 4 ms: overtaken
     assert returns_to(state, waited=0.013, now=now)
 
 
