@@ -57,7 +57,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, Pool
 from sqlalchemy.pool.base import _ConnectionRecord
 
 from .. import _fork
-from .._options import check_int
+from .._options import BY_NAME, check_int
 from .._probe import socket_is_quiet
 from .._state import Checkout
 from ..errors import PoolClosed, PoolError, PoolExhausted, PoolTimeout, PoolUnavailable
@@ -86,33 +86,9 @@ SQLALCHEMY_ARGUMENTS: Mapping[str, str] = {
     "pool_use_lifo": "lifo",
 }
 
-#: Our options, as ConnectionPool's keyword arguments, that GeventPool passes on.
-_OUR_OPTIONS = frozenset(
-    {
-        "size",
-        "min_size",
-        "max_size",
-        "name",
-        "timeout",
-        "max_waiting",
-        "connect_timeout",
-        "reconnect_delay",
-        "reconnect_max_delay",
-        "fail_fast",
-        "fail_fast_after",
-        "max_lifetime",
-        "lifetime_jitter",
-        "check_idle_after",
-        "keepalive",
-        "keepalive_jitter",
-        "max_idle",
-        "lifo",
-        "leak_timeout",
-        "max_connecting",
-        "fair_after",
-        "fair_floor",
-    }
-)
+#: Our options, as ConnectionPool's keyword arguments, that GeventPool passes on: every option
+#: of the table but ``exc_classes`` (a DB-API driver's errors are SQLAlchemy's to classify).
+_OUR_OPTIONS = frozenset({"size", *BY_NAME} - {"exc_classes"})
 
 
 # ---------------------------------------------------------------------- errors
