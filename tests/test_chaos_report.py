@@ -69,3 +69,16 @@ def test_markdown_and_docs_show_every_figure(tmp_path: Path) -> None:
     assert "FAIL: hooks/_on_connect (HookFault): connect storm" in md
     summary = readme_summary(report.as_dict())
     assert "100,000 ``get()`` calls" in summary and "0 of 1 hooks passed" in summary
+
+
+def test_a_part_with_notes_only_is_a_list_not_an_empty_table(tmp_path: Path) -> None:
+    from .chaos.budget import BudgetRun
+
+    docs = tmp_path / "reliability.rst"
+    docs.write_text(f"{DOCS_START}\n{DOCS_END}\n")
+    report = sample_report()
+    report.budget = [BudgetRun("plain", 500, 3.0, 6.0, None, calls=10, requests=30)]
+    write(report, tmp_path, "chaos-latest", docs)
+    rst = docs.read_text()
+    assert ".. csv-table:: Retry budget" not in rst  # docutils refuses a table without rows
+    assert "Retry budget:\n\n* plain: 10 calls" in rst

@@ -151,7 +151,11 @@ def test_tokens_are_conserved_under_contention_timeouts_and_kills(
     phase()
     during, after = measured([phase, phase])
     assert outcomes["ok"] > 1000 and outcomes["timeout"] > 0
-    assert after - during < SLACK, f"{after - during} bytes kept by another 12,000 checkouts"
+    # Kills land at random points here, so what the interpreter keeps between phases (gevent's
+    # timers, freed-list slack) varies more: 256 KB still catches 21 bytes a checkout, and the
+    # leaks this guards against cost a kilobyte each.
+    limit = 4 * SLACK
+    assert after - during < limit, f"{after - during} bytes kept by another 12,000 checkouts"
 
 
 def test_room_making_evicts_without_growth_over_ten_thousand_keys(

@@ -353,8 +353,8 @@ def rst_figures(report: Report) -> str:
     """The docs' block: the scenario and contract tables as ``csv-table``; the soak's summary."""
     out = [DOCS_START, "", f"Latest figures: {provenance(report, '``')}", ""]
     for title, head, rows, notes in tables(report):
-        if title == "Soak":
-            out += ["Soak:", "", *(f"* {n}" for n in notes), ""]
+        if title == "Soak" or not rows:  # a summary in notes only: a table needs rows
+            out += [f"{title}:", "", *(f"* {n}" for n in notes), ""]
             continue
         out += [f".. csv-table:: {title}", f"   :header: {_csv(head)}", ""]
         out += [*(f"   {_csv(r)}" for r in rows), ""]
