@@ -26,6 +26,8 @@ from geventconnpool._options import OPTIONS
 
 from .servers import CI
 
+pytestmark = pytest.mark.integration  # builds the checkout's docs/ with Sphinx
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -315,6 +315,7 @@ def test_the_on_connection_times_are_measured_per_request() -> None:
     assert other.percentile(0.5, other.on_connection) <= other.percentile(1.0)
 
 
+@pytest.mark.integration  # reads README.rst: the checkout, not the installed package
 def test_the_readme_says_how_many_requests_the_comparison_makes() -> None:
     readme = " ".join((ROOT / "README.rst").read_text().split())
     assert f"do {DemoOptions().compare_requests:,} requests (``--compare-requests``" in readme

@@ -26,6 +26,7 @@ EXTRAS = {
     "geventconnpool.contrib.prometheus": ("prometheus_client", "prometheus"),
     "geventconnpool.contrib.redispy": ("redis", "redis"),
     "geventconnpool.contrib.django.postgresql.base": ("django", "django"),
+    "geventconnpool.contrib.sqlalchemy": ("sqlalchemy", "sqlalchemy"),
 }
 # Everything those extras and the postgres one install: blocked to show a module needs none.
 ALL_EXTRA_PACKAGES = ["thriftpy2", "prometheus_client", "psycopg2", "psycogreen", "pg8000", "redis"]

@@ -36,7 +36,7 @@ GUIDE = ROOT / "docs" / "usage" / "gunicorn.rst"
 WORKERS = 2
 SIZE = 4  # the guide's pool size
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(120)]  # docs recipe
 
 
 def uwsgi_binary() -> str:
