@@ -107,6 +107,12 @@ class ConnectionPool(PoolOptions, Hooks[C]):
         configure(self, size, given)  # validates everything before any state or greenlet exists
         if not isinstance(open, bool):
             raise TypeError(f"open must be True or False, not {type(open).__name__}")
+        self._set_up()
+        if open:
+            self.open()
+
+    def _set_up(self) -> None:
+        """The state, the hooks it must know of, the hub and the background's bookkeeping."""
         self._log = pool_logger(self.name)
         self._limited_log = RateLimitedLog(self._log)
         self._state: PoolState[C] = PoolState(
@@ -126,8 +132,6 @@ class ConnectionPool(PoolOptions, Hooks[C]):
         self._maint = Scheduler(self)
         self._inherited: list[Conn[C]] = []  # after a fork: the parent's, to forget
         self._stale: list[gevent.Greenlet[Any, Any]] = []  # after a fork: the parent's, to kill
-        if open:
-            self.open()
 
     def _default_name(self) -> str:
         """The pool's name when none is given; ready-made pools derive it from their address."""
